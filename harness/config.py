@@ -1,0 +1,320 @@
+"""The one training config: every knob a run, a sweep, the CLI and the docs know about.
+
+Values are layered, later wins:
+    defaults (below)  <  a YAML/JSON file (--config FILE)  <  --key=value arguments  <  wandb.config
+The `--key=value` form is what W&B's `${args}` macro produces, so a sweep's command line is a valid
+config. Unknown keys and bad values raise `ConfigError` (exit code 2) naming the key and the valid
+choices. `docs/config.md` is generated from this file (`harness config --markdown`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from harness.errors import ConfigError
+
+OPTIMIZERS = ("adam", "nadam", "sgd", "rmsprop")
+LOSSES = ("bce", "dice", "bce_dice", "jaccard", "bce_jaccard")
+MODELS = ("unet", "sm_unet_resnet34")
+# Named augmentation pipelines (built in harness.data.augment; a test keeps the two in step).
+AUGMENTATIONS = ("none", "flips", "default", "strong")
+MONITOR_MODES = ("max", "min")
+
+# Per-epoch metrics a training run logs (to metrics.jsonl, TensorBoard and W&B); sweep lints read this.
+TRAIN_METRICS = ("loss", "dice_coef", "kaggle_dice")
+LOGGED_METRICS = TRAIN_METRICS + tuple(f"val_{name}" for name in TRAIN_METRICS) + ("lr", "epoch")
+
+# Arguments of `python -m harness.train` that say where/which run this is, not how to train it.
+CONTROL_KEYS = ("config", "run_id", "root", "sweep_id")
+
+
+@dataclasses.dataclass
+class Config:
+    # --- data -----------------------------------------------------------------------------------
+    data_dir: str = "data"  # challenge layout: train.csv + train_images/ (see `harness synth`)
+    cache_dir: str = ""  # where `harness prepare` wrote the cache; empty: <data_dir>/cache
+    image_size: str = "384x576"  # HxW images are resized to; each divisible by 2**depth
+    val_fraction: float = 0.2  # share of images in the validation split (stratified by classes)
+    augment: str = "default"  # none | flips | default (flips + affine) | strong
+    workers: int = 2  # data-loading workers (Keras PyDataset)
+    # --- model ----------------------------------------------------------------------------------
+    model: str = "unet"  # unet (from scratch) | sm_unet_resnet34 (segmentation_models, extra [library])
+    filters: int = 8  # filters of the first level, doubled at each level down
+    depth: int = 4  # number of down-sampling levels
+    dropout: float = 0.2  # after each pooling and each up-sampling block
+    batchnorm: bool = True  # batch normalisation before each ReLU
+    encoder_weights: str = ""  # sm_unet_resnet34 only: a local ImageNet weights file; empty: from scratch
+    # --- optimisation ---------------------------------------------------------------------------
+    epochs: int = 20  # epochs to train (a resumed run continues up to this)
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # adam | nadam | sgd | rmsprop
+    loss: str = "bce_dice"  # bce | dice | bce_dice | jaccard | bce_jaccard
+    steps_per_epoch: int = 0  # cap on training batches per epoch; 0: the whole training split
+    validation_steps: int = 0  # cap on validation batches; 0: the whole validation split
+    monitor: str = "val_dice_coef"  # metric that picks best.keras and drives the callbacks below
+    monitor_mode: str = "max"  # max | min
+    early_stopping_patience: int = 0  # epochs without improvement before stopping; 0: off
+    lr_patience: int = 0  # epochs without improvement before the LR is cut; 0: off
+    lr_factor: float = 0.5  # LR multiplier on plateau
+    threshold: float = 0.5  # probability threshold of the challenge metric (kaggle_dice)
+    seed: int = 42  # split, shuffling, augmentation and weight init
+    # --- tracking -------------------------------------------------------------------------------
+    wandb_project: str = "cloudsweep"  # W&B project (mode follows WANDB_MODE: online/offline/disabled)
+    wandb_entity: str = ""  # W&B entity; empty: the account's default
+
+    # Derived values ------------------------------------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return parse_size(self.image_size, key="image_size")
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.data_dir) / "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("model", self.model, MODELS)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_choice("monitor_mode", self.monitor_mode, MONITOR_MODES)
+        _check_choice("monitor", self.monitor, LOGGED_METRICS)
+        height, width = self.image_hw
+        if self.depth < 1 or self.depth > 7:
+            raise ConfigError(f"config key 'depth' must be between 1 and 7, got {self.depth}")
+        step = 2**self.depth
+        if height % step or width % step:
+            raise ConfigError(
+                f"config key 'image_size' = {self.image_size!r}: height and width must be divisible by "
+                f"2**depth = {step} (depth={self.depth}); for example {height // step * step or step}x"
+                f"{width // step * step or step}"
+            )
+        _check_range("epochs", self.epochs, low=1)
+        _check_range("batch_size", self.batch_size, low=1)
+        _check_range("filters", self.filters, low=1)
+        _check_range("workers", self.workers, low=0)
+        _check_range("steps_per_epoch", self.steps_per_epoch, low=0)
+        _check_range("validation_steps", self.validation_steps, low=0)
+        _check_range("early_stopping_patience", self.early_stopping_patience, low=0)
+        _check_range("lr_patience", self.lr_patience, low=0)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"config key 'val_fraction' must be in (0, 1), got {self.val_fraction}")
+        if not self.learning_rate > 0.0:
+            raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ConfigError(f"config key 'lr_factor' must be in (0, 1), got {self.lr_factor}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"config key 'threshold' must be in (0, 1), got {self.threshold}")
+        return self
+
+
+def config_keys() -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(Config))
+
+
+def field_docs() -> list[dict[str, str]]:
+    """Each key's name, type, default and comment, read from this file (for docs and `--help`)."""
+    comments = _field_comments()
+    hints = typing.get_type_hints(Config)
+    rows = []
+    for field in dataclasses.fields(Config):
+        rows.append(
+            {
+                "key": field.name,
+                "type": hints[field.name].__name__,
+                "default": json.dumps(field.default),
+                "help": comments.get(field.name, ""),
+            }
+        )
+    return rows
+
+
+def parse_size(text: str | Iterable[int], key: str = "size") -> tuple[int, int]:
+    """'384x576' (HxW) -> (384, 576). Also accepts a pair of ints."""
+    if not isinstance(text, str):
+        values = list(text)
+        if len(values) == 2 and all(isinstance(v, int) and v > 0 for v in values):
+            return int(values[0]), int(values[1])
+        raise ConfigError(f"{key}: expected HxW such as 384x576, got {text!r}")
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ConfigError(f"{key}: expected HxW such as 384x576, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """Turn a value from a file, a command line or wandb.config into the key's declared type."""
+    hints = typing.get_type_hints(Config)
+    if key not in hints:
+        raise ConfigError(_unknown_key_message(key))
+    target = hints[key]
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[value.strip().lower()]
+            raise ValueError
+        if target is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int):
+                return value
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if target is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if target is str:
+            if key == "image_size" and isinstance(value, (list, tuple)):
+                height, width = parse_size(value, key=key)
+                return f"{height}x{width}"
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"config key '{key}': cannot use {value!r} as {target.__name__}"
+        ) from None
+    raise ConfigError(f"config key '{key}': unsupported type {target!r}")  # pragma: no cover
+
+
+def apply_overrides(config: Config, values: Mapping[str, Any], source: str) -> Config:
+    """A copy of `config` with `values` applied; `source` names where they came from in errors."""
+    updates = {}
+    for key, value in values.items():
+        if key not in config_keys():
+            raise ConfigError(_unknown_key_message(key, source))
+        try:
+            updates[key] = coerce_value(key, value)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (from {source})") from None
+    return dataclasses.replace(config, **updates)
+
+
+def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML or JSON config file. W&B's nested form {key: {value: v}} is accepted too."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(data).__name__}")
+    return {key: (value["value"] if isinstance(value, dict) and set(value) == {"value"} else value)
+            for key, value in data.items()}
+
+
+def parse_cli_args(argv: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split `--key=value` / `--key value` / `key=value` arguments into (config values, control values).
+
+    Control keys (config, run_id, root, sweep_id) say which run this is; everything else is config.
+    """
+    overrides: dict[str, str] = {}
+    control: dict[str, str] = {}
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if arg.startswith("--"):
+            body = arg[2:]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            elif index < len(args) and not args[index].startswith("--"):
+                key, value = body, args[index]
+                index += 1
+            else:
+                key, value = body, "true"  # a bare flag, as ${args_no_boolean_flags} produces
+        elif "=" in arg:
+            key, value = arg.split("=", 1)  # the ${args_no_hyphens} form
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: use --key=value (valid keys: {', '.join(config_keys())})")
+        key = key.replace("-", "_")
+        if key in CONTROL_KEYS:
+            control[key] = value
+        elif key in config_keys():
+            overrides[key] = value
+        else:
+            raise ConfigError(_unknown_key_message(key, f"argument {arg!r}"))
+    return overrides, control
+
+
+def build_config(
+    file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    wandb_config: Mapping[str, Any] | None = None,
+) -> Config:
+    """defaults < file < overrides < wandb_config, validated."""
+    config = Config()
+    if file:
+        config = apply_overrides(config, load_file(file), source=f"file {file}")
+    if overrides:
+        config = apply_overrides(config, overrides, source="command line")
+    if wandb_config:
+        # wandb.config may carry W&B's own bookkeeping keys (starting with '_'); skip those only.
+        known = {key: value for key, value in wandb_config.items() if not key.startswith("_")}
+        config = apply_overrides(config, known, source="wandb.config")
+    return config.validate()
+
+
+def from_dict(values: Mapping[str, Any], source: str = "config.json") -> Config:
+    """Rebuild a config saved by a run (config.json), strictly."""
+    return apply_overrides(Config(), values, source=source).validate()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def _unknown_key_message(key: str, source: str | None = None) -> str:
+    where = f" (from {source})" if source else ""
+    return f"unknown config key '{key}'{where}; valid keys: {', '.join(config_keys())}"
+
+
+def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' = {value!r} is not one of: {', '.join(choices)}")
+
+
+def _check_range(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"config key '{key}' must be >= {low}, got {value}")
+
+
+def _field_comments() -> dict[str, str]:
+    """The `# comment` after each field in the Config class body."""
+    import inspect
+
+    source = inspect.getsource(Config)
+    comments = {}
+    for line in source.splitlines():
+        stripped = line.strip()
+        if ":" in stripped and "=" in stripped and "#" in stripped and not stripped.startswith(("#", "def", "@")):
+            name = stripped.split(":", 1)[0].strip()
+            if name.isidentifier():
+                comments[name] = stripped.split("#", 1)[1].strip()
+    return comments
