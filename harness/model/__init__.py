@@ -1,1 +1,39 @@
-"""model package."""
+"""Models: `build_model(config)` picks the network named by `config.model` (uncompiled).
+
+Keras is imported inside the builders, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness import CLASSES
+from harness.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+    from harness.config import Config
+
+
+def build_model(config: "Config") -> "keras.Model":
+    """The uncompiled model of `config`: input (H, W, 3) standardised images, output 4 sigmoid maps."""
+    height, width = config.image_hw
+    input_shape = (height, width, 3)
+    if config.model == "unet":
+        from harness.model import unet
+
+        return unet.build_unet(
+            input_shape,
+            filters=config.filters,
+            depth=config.depth,
+            dropout=config.dropout,
+            batchnorm=config.batchnorm,
+            classes=len(CLASSES),
+        )
+    if config.model == "sm_unet_resnet34":
+        # The library model lives with the evaluation area (extra dependencies, imported only here).
+        from harness.model import library
+
+        return library.build_sm_unet_resnet34(input_shape, config.encoder_weights or None)
+    raise ConfigError(f"config key 'model' = {config.model!r} is not one of: unet, sm_unet_resnet34")
