@@ -1,0 +1,193 @@
+"""Batches for Keras from the prepared cache: shuffling per epoch, joint augmentation, standardisation.
+
+`CloudDataset` is a `keras.utils.PyDataset` (threads, not processes: memory-mapped reads are
+thread-safe and the GIL is released inside NumPy/OpenCV). Everything random is derived from
+`(seed, epoch, image index)`, so a batch does not depend on which thread built it, and a resumed run
+that calls `set_epoch(epoch)` sees the same order and augmentation as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.data import augment as augment_module
+from harness.data import cache as cache_module
+from harness.data import split as split_module
+
+EPSILON = 1e-6
+
+
+def standardize(images: np.ndarray) -> np.ndarray:
+    """float32 images with each image's own mean subtracted and divided by its std (over H, W, C).
+
+    Accepts one image (H, W, C) or a batch (B, H, W, C).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    axes = tuple(range(images.ndim - 3, images.ndim))
+    mean = images.mean(axis=axes, keepdims=True)
+    std = images.std(axis=axes, keepdims=True)
+    return (images - mean) / (std + EPSILON)
+
+
+def _make_class() -> type:
+    # The class derives from keras.utils.PyDataset, so it is built on first use: importing this module
+    # (for `standardize`, say) does not import Keras and TensorFlow.
+    import keras
+
+    class CloudDataset(keras.utils.PyDataset):  # type: ignore[misc, valid-type]
+        """(x float32 (B, H, W, 3) standardised, y float32 (B, H, W, 4)) batches of `indices` from `cache`."""
+
+        def __init__(
+            self,
+            cache: cache_module.Cache,
+            indices: Sequence[int] | np.ndarray,
+            batch_size: int,
+            augment: str = "none",
+            shuffle: bool = False,
+            seed: int = 0,
+            workers: int = 1,
+            max_batches: int | None = None,
+        ) -> None:
+            super().__init__(workers=max(1, int(workers)), use_multiprocessing=False)
+            self.cache = cache
+            self.indices = np.asarray(indices, dtype=np.int64)
+            if self.indices.size == 0:
+                raise ValueError("CloudDataset needs at least one image index")
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            self.batch_size = int(batch_size)
+            self.augment = augment
+            self.shuffle = shuffle
+            self.seed = int(seed)
+            self.max_batches = int(max_batches) if max_batches else None
+            self._pipelines = threading.local()  # albumentations pipelines keep state: one per thread
+            augment_module.build(augment)  # fail now, on the caller's thread, for an unknown name
+            self.epoch = 0
+            self._order = self._epoch_order(0)
+
+        # Keras API --------------------------------------------------------------------------------
+        def __len__(self) -> int:
+            batches = math.ceil(self.indices.size / self.batch_size)
+            return min(batches, self.max_batches) if self.max_batches else batches
+
+        def __getitem__(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+            if not 0 <= batch_index < len(self):
+                raise IndexError(f"batch {batch_index} out of range (0..{len(self) - 1})")
+            chosen = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            images = np.empty((len(chosen), *self.cache.size, 3), dtype=np.uint8)
+            masks = np.empty((len(chosen), *self.cache.size, 4), dtype=np.uint8)
+            pipeline = self._pipeline()
+            for slot, image_index in enumerate(chosen):
+                image = self.cache.images[image_index]
+                mask = self.cache.masks[image_index]
+                if pipeline is not None:
+                    pipeline.set_random_seed(self._sample_seed(int(image_index)))
+                    out = pipeline(image=np.asarray(image), mask=np.asarray(mask))
+                    image, mask = out["image"], out["mask"]
+                images[slot] = image
+                masks[slot] = mask
+            return standardize(images), masks.astype(np.float32)
+
+        def on_epoch_end(self) -> None:
+            self.set_epoch(self.epoch + 1)
+
+        # Ours ---------------------------------------------------------------------------------------
+        def set_epoch(self, epoch: int) -> None:
+            """Make the next batches those of `epoch` (0-based): order and augmentation follow it."""
+            self.epoch = int(epoch)
+            self._order = self._epoch_order(self.epoch)
+
+        def _epoch_order(self, epoch: int) -> np.ndarray:
+            if not self.shuffle:
+                return self.indices
+            return np.random.default_rng([self.seed, epoch]).permutation(self.indices)
+
+        def _sample_seed(self, image_index: int) -> int:
+            return int(np.random.default_rng([self.seed, self.epoch, image_index]).integers(2**31 - 1))
+
+        def _pipeline(self) -> Any:
+            if not hasattr(self._pipelines, "value"):
+                self._pipelines.value = augment_module.build(self.augment)
+            return self._pipelines.value
+
+    return CloudDataset
+
+
+_CLASS: type | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # `from harness.data.dataset import CloudDataset` builds the class (and imports Keras) on demand.
+    global _CLASS
+    if name == "CloudDataset":
+        if _CLASS is None:
+            _CLASS = _make_class()
+        return _CLASS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: Any  # CloudDataset
+    val: Any  # CloudDataset
+    cache: cache_module.Cache
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def open_or_prepare(config: Any, progress: bool = True) -> cache_module.Cache:
+    """The cache for `config` (data_dir, cache_dir, image_size), preparing it first if missing or stale."""
+    from pathlib import Path
+
+    from harness.errors import DataError
+
+    cache_dir = config.resolved_cache_dir()
+    size = config.image_hw
+    data_dir = Path(config.data_dir)
+    has_labels = (data_dir / "train.csv").is_file()
+    try:
+        return cache_module.open_cache(cache_dir, size, data_dir=data_dir if has_labels else None)
+    except DataError:
+        if not has_labels:
+            raise
+    height, width = size
+    print(
+        f"no current cache for {data_dir} at {height}x{width} in {cache_dir}: preparing it now "
+        f"(same as `harness prepare {data_dir} --size {height}x{width} --cache {cache_dir}`)",
+        flush=True,
+    )
+    cache_module.prepare(data_dir, size, cache_dir=cache_dir, workers=None, progress=progress)
+    return cache_module.open_cache(cache_dir, size, data_dir=data_dir)
+
+
+def make_datasets(config: Any) -> Datasets:
+    """Training and validation datasets for a `harness.config.Config` (split by `seed`)."""
+    cache = open_or_prepare(config)
+    train_idx, val_idx = split_module.split_indices(cache.presence, config.val_fraction, config.seed)
+    dataset_class = __getattr__("CloudDataset")
+    train = dataset_class(
+        cache,
+        train_idx,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        shuffle=True,
+        seed=config.seed,
+        workers=config.workers,
+        max_batches=config.steps_per_epoch or None,
+    )
+    val = dataset_class(
+        cache,
+        val_idx,
+        batch_size=config.batch_size,
+        augment="none",
+        shuffle=False,
+        seed=config.seed,
+        workers=config.workers,
+        max_batches=config.validation_steps or None,
+    )
+    return Datasets(train=train, val=val, cache=cache, train_idx=train_idx, val_idx=val_idx)
