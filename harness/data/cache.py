@@ -256,8 +256,8 @@ def _build(
 def _worker_count(workers: int | None, count: int) -> int:
     if workers is None:
         workers = os.cpu_count() or 1
-    # Starting a process costs about as much as decoding a few dozen images.
-    return max(1, min(workers, count // (2 * _CHUNK) or 1))
+    # No more processes than chunks: each one costs a fresh interpreter (about half a second).
+    return max(1, min(workers, -(-count // _CHUNK)))
 
 
 _WORKER_STATE: dict[str, object] = {}

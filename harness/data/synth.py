@@ -126,13 +126,13 @@ def _ocean(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def _rectangles(rng: np.random.Generator, height: int, width: int, taken: np.ndarray) -> np.ndarray:
-    """Union of 1-3 rectangles, each 20-55% of each side; tries to avoid pixels already taken."""
+    """Union of 1-3 rectangles, each 25-60% of each side; tries to avoid pixels already taken."""
     region = np.zeros((height, width), dtype=bool)
     for _ in range(int(rng.integers(1, 4))):
         best = None
         for _attempt in range(6):
-            box_h = int(rng.uniform(0.2, 0.55) * height)
-            box_w = int(rng.uniform(0.2, 0.55) * width)
+            box_h = int(rng.uniform(0.25, 0.6) * height)
+            box_w = int(rng.uniform(0.25, 0.6) * width)
             top = int(rng.integers(0, height - box_h + 1))
             left = int(rng.integers(0, width - box_w + 1))
             overlap = np.count_nonzero(taken[top : top + box_h, left : left + box_w])
