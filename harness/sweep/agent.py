@@ -1,0 +1,360 @@
+"""The local sweep agent: claim a run, start it as a child process, watch it, record how it ended.
+
+One agent runs one child at a time (one agent per GPU). The loop, until the sweep ends or `count` runs:
+1. `Store.mark_stale` (runs whose agent stopped heartbeating become crashed), then `Store.claim_run`
+   (a crashed or preempted run first, with its id and config; else the engine's next proposal).
+2. Start the sweep's `command` with W&B's macros expanded (`spec.expand_command`) in the directory
+   the sweep was created from, with WANDB_RUN_ID, WANDB_RUN_GROUP (= sweep id), HARNESS_SWEEP_ID,
+   HARNESS_ROOT and WANDB_MODE (offline unless set); its output goes to `<run folder>/output.log`.
+3. While it runs: heartbeat, copy `metrics.jsonl` into the store, ask hyperband whether to stop it,
+   and stop it (SIGTERM, then SIGKILL after a grace period) when told to.
+4. When it exits: finished / stopped / preempted / failed from its exit code and `summary.json`.
+
+SIGTERM or SIGINT to the agent is forwarded to the child; the agent waits for it to checkpoint and
+exit, marks the run preempted and exits with 128 + the signal number. A second signal kills the child.
+On Linux the child also gets SIGTERM if the agent dies without warning (kill -9), so it checkpoints
+instead of training on unwatched; the next agent then finds the run crashed and resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.sweep import controller, spec as sweep_spec
+from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep
+
+DEFAULT_HEARTBEAT_S = 10.0
+DEFAULT_STALE_AFTER_S = 120.0
+DEFAULT_POLL_S = 0.5
+DEFAULT_KILL_GRACE_S = 120.0
+
+
+class _Signals:
+    """Counts SIGTERM/SIGINT received, so the loop can forward them instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals to whoever owns them
+                return
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.last = signum
+
+
+def run_agent(
+    sweep_id: str,
+    root: str | os.PathLike[str] | None = None,
+    count: int | None = None,
+    gpu: str | None = None,
+    *,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    poll_s: float = DEFAULT_POLL_S,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Run sweep runs until the sweep ends (or `count` runs); returns the agent's exit code.
+
+    0 when the sweep ended (finished, stopped, grid exhausted, run_cap) or `count` runs were done;
+    128 + N when signal N stopped it (its run, if any, was left preempted for another agent).
+    `gpu`: the CUDA_VISIBLE_DEVICES to give runs (default: the agent's own, inherited) and to record.
+    """
+    store = Store(root)
+    sweep = store.get_sweep(sweep_id)
+    host = socket.gethostname()
+    agent = f"{host}:{os.getpid()}"
+    gpu = gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
+    say = echo or (lambda line: print(f"[agent {agent}] {line}", file=sys.stderr, flush=True))
+    signals = _Signals()
+    signals.install()
+    done = 0
+    waiting_said = ""
+    try:
+        while not signals.count and (count is None or done < count):
+            crashed = store.mark_stale(sweep_id, stale_after_s)
+            if crashed:
+                say(f"no heartbeat for {stale_after_s:g} s: marked crashed {', '.join(crashed)}")
+            run = store.claim_run(sweep_id, agent=agent, host=host, gpu=gpu, max_attempts=max_attempts)
+            if run is None:
+                sweep = store.get_sweep(sweep_id)
+                reason = _idle_reason(store, sweep, max_attempts)
+                if reason is None:
+                    say(f"sweep {sweep_id} is {sweep.state}; {done} run(s) done here")
+                    break
+                if reason != waiting_said:
+                    say(f"waiting: {reason}")
+                    waiting_said = reason
+                _sleep(max(poll_s, 0.2), signals)
+                continue
+            waiting_said = ""
+            done += 1
+            _run_one(store, sweep, run, agent, gpu, signals, say,
+                     heartbeat_s=heartbeat_s, poll_s=poll_s, kill_grace_s=kill_grace_s)
+            sweep = store.get_sweep(sweep_id)
+    finally:
+        signals.restore()
+        store.close()
+    if signals.count:
+        say(f"stopped by signal {signals.last}")
+        return 128 + int(signals.last or signal.SIGTERM)
+    return 0
+
+
+def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
+    """Why to wait instead of exiting when there is no run to claim (None: exit)."""
+    if sweep.state == "paused":
+        return f"sweep {sweep.id} is paused (`harness sweep resume {sweep.id}`)"
+    if sweep.state != "running":
+        return None
+    runs = store.runs(sweep.id)
+    active = [run for run in runs if run.state in ACTIVE_STATES]
+    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.attempts < max_attempts]
+    if active or resumable:
+        # Those may still crash or be preempted; stay to resume them.
+        return f"no new run to hand out; {len(active)} run(s) still active elsewhere"
+    return None
+
+
+def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: _Signals,
+             say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float) -> str | None:
+    """Start, watch and record one run; returns its final state (None if another agent took it over)."""
+    folder = controller.run_dir(store.root, sweep.id, run.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    _wait_for_previous_process(run, kill_grace_s, say)
+    argv = sweep_spec.expand_command(sweep_spec.sweep_command(sweep.spec), run.config,
+                                     program=sweep.spec.get("program"), run_dir=folder)
+    cwd = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
+    params = " ".join(f"{key}={value}" for key, value in run.config.items())
+    say(f"run {run.id} (#{run.seq}, attempt {run.attempts}): {params} -> {folder / 'output.log'}")
+    started = time.monotonic()
+    with open(folder / "output.log", "ab") as log:
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {run.attempts} by agent {agent}: "
+                  f"{' '.join(argv)}\n".encode())
+        log.flush()
+        try:
+            child = subprocess.Popen(argv, cwd=cwd, env=_child_env(sweep.id, run.id, store.root, gpu),
+                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=_die_with_parent())
+        except OSError as error:
+            log.write(f"cannot start the run: {error}\n".encode())
+            store.finish_run(run.id, "failed", exit_code=127, agent=agent)
+            say(f"run {run.id} failed to start: {error}")
+            return "failed"
+    store.mark_started(run.id, pid=child.pid)
+    watch = _Watch(store, sweep, run, agent, child, signals, say, heartbeat_s=heartbeat_s,
+                   kill_grace_s=kill_grace_s)
+    exit_code = watch.wait(poll_s)
+    watch.sync_metrics()
+    summary = controller.read_summary(folder)
+    if watch.lost:
+        say(f"run {run.id} was taken over by another agent; its child exited {exit_code}")
+        return None
+    state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
+                                   preempt_requested=watch.forwarded)
+    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent)
+    best = store.get_run(run.id).best_metric
+    metric = f", {sweep.metric_name} best {best:.4g}" if best is not None and sweep.metric_name else ""
+    why = f" ({watch.stop_reason})" if watch.stop_reason and state == "stopped" else ""
+    say(f"run {run.id} {state}{why} after {time.monotonic() - started:.1f} s (exit {exit_code}){metric}")
+    return state
+
+
+class _Watch:
+    """Heartbeats, metrics and stop requests for one running child."""
+
+    def __init__(self, store: Store, sweep: Sweep, run: Run, agent: str, child: subprocess.Popen,
+                 signals: _Signals, say: Callable[[str], None], *, heartbeat_s: float, kill_grace_s: float) -> None:
+        self.store, self.sweep, self.run, self.agent, self.child = store, sweep, run, agent, child
+        self.signals, self.say = signals, say
+        self.heartbeat_s, self.kill_grace_s = heartbeat_s, kill_grace_s
+        self.folder = controller.run_dir(store.root, sweep.id, run.id)
+        self.stop_reason: str | None = None
+        self.lost = False
+        self.forwarded = False
+        self._terminated_at: float | None = None
+        self._killed = False
+        self._signals_seen = 0
+        self._metrics_stamp: tuple[int, int] | None = None
+        self._epochs_seen = 0
+        self._last_beat = time.monotonic()
+
+    def wait(self, poll_s: float) -> int:
+        while True:
+            try:
+                return self.child.wait(timeout=poll_s)
+            except subprocess.TimeoutExpired:
+                pass
+            self._on_signals()
+            new_epochs = self.sync_metrics()
+            if new_epochs and self.stop_reason is None and not self.forwarded:
+                self._hyperband()
+            if time.monotonic() - self._last_beat >= self.heartbeat_s:
+                self._beat()
+            if self._terminated_at is not None and not self._killed and \
+                    time.monotonic() - self._terminated_at > self.kill_grace_s:
+                self.say(f"run {self.run.id} did not exit {self.kill_grace_s:g} s after SIGTERM: SIGKILL")
+                self._kill()
+
+    def sync_metrics(self) -> bool:
+        """Copy metrics.jsonl into the store when it changed; True when it has new epochs."""
+        path = self.folder / "metrics.jsonl"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        if stamp == self._metrics_stamp:
+            return False
+        self._metrics_stamp = stamp
+        rows = controller.read_history(self.folder)
+        self.store.record_history(self.run.id, rows)
+        grew = len(rows) > self._epochs_seen
+        self._epochs_seen = len(rows)
+        return grew
+
+    def _on_signals(self) -> None:
+        if self.signals.count == self._signals_seen:
+            return
+        self._signals_seen = self.signals.count
+        if not self.forwarded:
+            self.forwarded = True
+            self.say(f"signal {self.signals.last}: asking run {self.run.id} to checkpoint and exit")
+            self._terminate()
+        else:
+            self.say(f"second signal: killing run {self.run.id}")
+            self._kill()
+
+    def _hyperband(self) -> None:
+        try:
+            to_stop = controller.runs_to_stop(self.sweep.spec, self.store.runs(self.sweep.id))
+        except ValueError as error:  # a malformed early_terminate section: report once, carry on
+            self.say(f"early_terminate ignored: {error}")
+            spec = {key: value for key, value in self.sweep.spec.items() if key != "early_terminate"}
+            self.sweep = dataclasses.replace(self.sweep, spec=spec)
+            return
+        if self.run.id in to_stop:
+            self.stop_reason = "hyperband"
+            self.store.request_stop(self.run.id)
+            self.say(f"hyperband: stopping run {self.run.id} ({self.sweep.metric_name} lags the other runs)")
+            self._terminate()
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+        reply = self.store.heartbeat(self.run.id, agent=self.agent)
+        if reply == "lost" and not self.lost:
+            self.lost = True
+            self.say(f"run {self.run.id} is no longer this agent's (heartbeat too late?): stopping its child")
+            self._terminate()
+        elif reply == "stop" and self.stop_reason is None and not self.forwarded:
+            self.stop_reason = "stop requested"
+            self.say(f"stop requested for run {self.run.id}")
+            self._terminate()
+
+    def _terminate(self) -> None:
+        if self._terminated_at is None:
+            self._terminated_at = time.monotonic()
+            _send(self.child, signal.SIGTERM)
+
+    def _kill(self) -> None:
+        self._killed = True
+        _send(self.child, signal.SIGKILL)
+
+
+def _send(child: subprocess.Popen, signum: int) -> None:
+    try:
+        child.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def _child_env(sweep_id: str, run_id: str, root: Path, gpu: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("WANDB_SWEEP_ID", None)  # a local sweep: the run passes its own id to wandb.init
+    env.update({
+        "WANDB_RUN_ID": run_id,
+        "WANDB_RUN_GROUP": sweep_id,
+        "HARNESS_SWEEP_ID": sweep_id,
+        "HARNESS_ROOT": str(root),
+    })
+    env.setdefault("WANDB_MODE", "offline")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function asking Linux to SIGTERM the child when the agent dies (prctl PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+
+    return preexec
+
+
+def _wait_for_previous_process(run: Run, grace_s: float, say: Callable[[str], None]) -> None:
+    """Before resuming a run, let its previous process (still checkpointing after its agent died) exit.
+
+    Only a process that is provably that run's (its environment holds WANDB_RUN_ID=<run id>) is waited
+    for, and killed if it outlives the grace period, so a reused pid is never touched.
+    """
+    if run.attempts < 2 or not run.pid or not _is_run_process(run.pid, run.id):
+        return
+    say(f"run {run.id}: waiting for its previous process {run.pid} to exit")
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _is_run_process(run.pid, run.id):
+            return
+        time.sleep(0.1)
+    say(f"run {run.id}: previous process {run.pid} still alive after {grace_s:g} s: SIGKILL")
+    try:
+        os.kill(run.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _is_run_process(pid: int, run_id: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if status.split(") ", 1)[-1].startswith("Z"):  # a zombie has exited already
+        return False
+    return f"WANDB_RUN_ID={run_id}".encode() in environ.split(b"\0")
+
+
+def _sleep(seconds: float, signals: _Signals) -> None:
+    deadline = time.monotonic() + seconds
+    while not signals.count and time.monotonic() < deadline:
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,96 @@
+"""`harness status`: a sweep's runs as a table, best first, with counts per state."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from harness.sweep.spec import swept_keys
+from harness.sweep.store import ACTIVE_STATES, RUN_STATES, Run, Store, Sweep
+
+
+def sorted_runs(sweep: Sweep, runs: list[Run]) -> list[Run]:
+    """Best metric first (by the sweep's goal); runs without a metric value after, oldest first."""
+    sign = -1.0 if sweep.goal == "maximize" else 1.0
+    return sorted(runs, key=lambda run: (run.best_metric is None,
+                                         sign * run.best_metric if run.best_metric is not None else 0.0, run.seq))
+
+
+def status_text(store: Store, sweep_id: str, now: float | None = None, limit: int | None = None) -> str:
+    """The whole status report of one sweep: a header, the runs table and counts per state."""
+    now = time.time() if now is None else now
+    sweep = store.get_sweep(sweep_id)
+    runs = sorted_runs(sweep, store.runs(sweep_id))
+    counts = store.counts(sweep_id)
+    metric = sweep.metric_name or "metric"
+    keys = swept_keys(sweep.spec)
+    header = [
+        f"sweep {sweep.id} ({sweep.method}; {metric} {sweep.goal}) is {sweep.state}; "
+        f"{len(runs)} run(s)" + (f" of {sweep.run_cap}" if sweep.run_cap else "")
+        + f"; created {time.strftime('%Y-%m-%d %H:%M', time.localtime(sweep.created))} in {sweep.workdir}",
+        "runs: " + ", ".join(f"{counts[state]} {state}" for state in RUN_STATES if counts[state]) if runs
+        else "runs: none yet (start one with `harness agent " + sweep.id + "`)",
+    ]
+    shown = runs if limit is None else runs[:limit]
+    columns = ["#", "run", "state", metric, "epoch", *keys, "gpu", "host", "beat", "try"]
+    rows = [[_cell(value) for value in _row(run, keys, now)] for run in shown]
+    table = format_table(columns, rows) if rows else ""
+    lines = header + ([""] + [table] if table else [])
+    if limit is not None and len(runs) > limit:
+        lines.append(f"... and {len(runs) - limit} more")
+    return "\n".join(lines)
+
+
+def sweeps_text(store: Store) -> str:
+    """One line per sweep in the store (for `harness status` without an id)."""
+    sweeps = store.sweeps()
+    if not sweeps:
+        return f"no sweeps in {store.path}"
+    rows = []
+    for sweep in sweeps:
+        counts = store.counts(sweep.id)
+        rows.append([sweep.id, sweep.method, sweep.state, str(sum(counts.values())),
+                     ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created))])
+    return format_table(["sweep", "method", "state", "runs", "states", "created"], rows)
+
+
+def is_settled(store: Store, sweep_id: str) -> bool:
+    """True when the sweep hands out no more runs and none is active (for `--watch` to end)."""
+    sweep = store.get_sweep(sweep_id)
+    counts = store.counts(sweep_id)
+    return sweep.state in ("finished", "stopped") and not any(counts[state] for state in ACTIVE_STATES)
+
+
+def format_table(columns: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column)
+              for i, column in enumerate(columns)]
+    lines = ["  ".join(column.ljust(width) for column, width in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _row(run: Run, keys: list[str], now: float) -> list[Any]:
+    epochs = run.summary.get("epochs") or run.config.get("epochs")
+    epoch = f"{run.epochs_completed}/{epochs}" if epochs else str(run.epochs_completed)
+    beat = _age(now - run.heartbeat) if run.heartbeat and run.state in ACTIVE_STATES else ""
+    return [run.seq, run.id, run.state, run.best_metric, epoch, *(run.config.get(key, "") for key in keys),
+            run.gpu or "", run.host or "", beat, run.attempts]
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)

@@ -1,0 +1,472 @@
+"""The local sweep store: one SQLite file, `<root>/sweeps.db`, shared by every agent on the machine.
+
+Why SQLite: transactions with a real lock let many agent processes claim runs at the same instant
+without ever getting the same one, and the file survives any process being killed. The database is in
+WAL mode (readers never block the writer) with a long busy timeout; every write that reads-then-writes
+runs inside `BEGIN IMMEDIATE`, which takes the write lock before reading, so two claims are serialised.
+Only processes on the machine that holds the file may write it (SQLite locking is unreliable on network
+filesystems); cluster nodes report through run folders instead (see docs/architecture.md).
+
+Run states: pending (claimed, not started: a queued SLURM job), running, finished, failed, crashed
+(its agent stopped heartbeating), preempted (stopped by a signal after a checkpoint), stopped
+(hyperband or `harness sweep stop`). Crashed and preempted runs are resumed first, with the same id
+and config, up to `max_attempts` claims in all.
+Sweep states: running (runs are handed out), paused (none are; running runs go on), stopped (none are,
+and agents stop their running runs), finished (grid exhausted or run_cap reached, nothing left running).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import secrets
+import sqlite3
+import string
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from harness.errors import SweepError
+from harness.io import runs_root
+
+DB_NAME = "sweeps.db"
+SWEEP_STATES = ("running", "paused", "stopped", "finished")
+RUN_STATES = ("pending", "running", "finished", "failed", "crashed", "preempted", "stopped")
+ACTIVE_STATES = ("pending", "running")
+RESUMABLE_STATES = ("preempted", "crashed")
+TERMINAL_STATES = ("finished", "failed", "stopped")
+DEFAULT_MAX_ATTEMPTS = 5
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    workdir TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id),
+    seq INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    agent TEXT,
+    host TEXT,
+    gpu TEXT,
+    pid INTEGER,
+    job_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    heartbeat REAL,
+    history TEXT NOT NULL DEFAULT '[]',
+    metric_values TEXT NOT NULL DEFAULT '[]',
+    best_metric REAL,
+    summary TEXT NOT NULL DEFAULT '{}',
+    exit_code INTEGER,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    search_info TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq);
+"""
+
+# Columns enough for the engine and the status table; `history` (every logged key) only on request.
+_LIGHT_COLUMNS = ("id, sweep_id, seq, config, state, agent, host, gpu, pid, job_id, attempts, created, started, "
+                  "ended, heartbeat, metric_values, best_metric, summary, exit_code, stop_requested, search_info")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One sweep: its spec (the YAML as a dict), state and the directory it was created from."""
+
+    id: str
+    name: str
+    spec: dict[str, Any]
+    state: str
+    created: float
+    updated: float
+    workdir: str
+
+    @property
+    def method(self) -> str:
+        return str(self.spec.get("method", ""))
+
+    @property
+    def metric_name(self) -> str | None:
+        metric = self.spec.get("metric") or {}
+        return metric.get("name") if isinstance(metric, dict) else None
+
+    @property
+    def goal(self) -> str:
+        metric = self.spec.get("metric") or {}
+        return (metric.get("goal") if isinstance(metric, dict) else None) or "minimize"
+
+    @property
+    def run_cap(self) -> int | None:
+        cap = self.spec.get("run_cap")
+        return int(cap) if cap else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run of a sweep. `config` is the flat dict of its parameter values ({"learning_rate": 0.001})."""
+
+    id: str
+    sweep_id: str
+    seq: int
+    config: dict[str, Any]
+    state: str
+    agent: str | None
+    host: str | None
+    gpu: str | None
+    pid: int | None
+    job_id: str | None
+    attempts: int
+    created: float
+    started: float | None
+    ended: float | None
+    heartbeat: float | None
+    metric_values: list[float]
+    best_metric: float | None
+    summary: dict[str, Any]
+    exit_code: int | None
+    stop_requested: bool
+    search_info: dict[str, Any] | None
+    history: list[dict[str, Any]] | None = None  # every logged row; None unless asked for
+
+    @property
+    def epochs_completed(self) -> int:
+        return int(self.summary.get("epochs_completed") or len(self.metric_values))
+
+
+class Store:
+    """The sweep database under a runs root. Cheap to open; open one per process (not per thread)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, timeout_s: float = 60.0) -> None:
+        self.root = runs_root(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / DB_NAME
+        # isolation_level=None: no implicit transactions; `_write()` opens BEGIN IMMEDIATE itself.
+        self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process kills
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,))
+        self._metric_cache: dict[str, tuple[str | None, str]] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- sweeps ----------------------------------------------------------------------------------
+    def create_sweep(self, spec: Mapping[str, Any], name: str | None = None,
+                     workdir: str | os.PathLike[str] | None = None) -> str:
+        """Register a sweep (state running) and return its id, `local-` + 8 characters.
+
+        `workdir` (default: the current directory) is where agents start runs, so relative paths in
+        the sweep (`data_dir: demo/data`) mean the same for every agent.
+        """
+        now = time.time()
+        spec_json = json.dumps(spec)
+        workdir = str(Path(workdir or os.getcwd()).absolute())
+        with self._write() as db:
+            for _ in range(20):
+                sweep_id = "local-" + _random_id()
+                if db.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone() is None:
+                    break
+            db.execute(
+                "INSERT INTO sweeps (id, name, spec, state, created, updated, workdir) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                (sweep_id, name or str(spec.get("name") or sweep_id), spec_json, now, now, workdir),
+            )
+        return sweep_id
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        row = self._db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None:
+            known = [r["id"] for r in self._db.execute("SELECT id FROM sweeps ORDER BY created DESC LIMIT 10")]
+            raise SweepError(f"unknown sweep id {sweep_id!r} in {self.path}"
+                             + (f"; known: {', '.join(known)}" if known else "; it holds no sweeps"))
+        return _sweep_from_row(row)
+
+    def sweeps(self) -> list[Sweep]:
+        return [_sweep_from_row(row) for row in self._db.execute("SELECT * FROM sweeps ORDER BY created")]
+
+    def set_sweep_state(self, sweep_id: str, state: str) -> Sweep:
+        """Move a sweep to running/paused/stopped/finished. A finished sweep cannot be resumed."""
+        if state not in SWEEP_STATES:
+            raise SweepError(f"sweep state {state!r} is not one of: {', '.join(SWEEP_STATES)}")
+        with self._write() as db:
+            current = self._sweep_row(db, sweep_id)
+            if current["state"] == "finished" and state != "finished":
+                raise SweepError(f"sweep {sweep_id} is finished (grid done or run_cap reached); create a new one")
+            db.execute("UPDATE sweeps SET state = ?, updated = ? WHERE id = ?", (state, time.time(), sweep_id))
+        return self.get_sweep(sweep_id)
+
+    # --- claiming --------------------------------------------------------------------------------
+    def claim_run(self, sweep_id: str, agent: str, host: str, gpu: str | None = None, *,
+                  state: str = "running", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Run | None:
+        """Hand the next run of a running sweep to `agent`, or None; one transaction, so never twice.
+
+        Order: the oldest preempted or crashed run with fewer than `max_attempts` claims (same id and
+        config, attempts + 1); else a new run proposed by `sweeps.next_run` over all the sweep's runs.
+        None when the sweep is not running, the grid is exhausted or `run_cap` runs exist; then, if
+        nothing is running or resumable, the sweep becomes finished. `state='pending'` suits a
+        controller that queues the run as a cluster job and calls `mark_started` when it starts.
+        """
+        from harness.sweep import controller
+
+        if state not in ACTIVE_STATES:
+            raise SweepError(f"claim_run: state must be one of {ACTIVE_STATES}, got {state!r}")
+        now = time.time()
+        with self._write() as db:
+            sweep = _sweep_from_row(self._sweep_row(db, sweep_id))
+            if sweep.state != "running":
+                return None
+            resumable = db.execute(
+                f"SELECT id FROM runs WHERE sweep_id = ? AND state IN {RESUMABLE_STATES} AND attempts < ? "
+                "ORDER BY seq LIMIT 1",
+                (sweep_id, max_attempts),
+            ).fetchone()
+            if resumable is not None:
+                db.execute(
+                    "UPDATE runs SET state = ?, agent = ?, host = ?, gpu = ?, pid = NULL, job_id = NULL, "
+                    "attempts = attempts + 1, started = ?, ended = NULL, heartbeat = ?, exit_code = NULL, "
+                    "stop_requested = 0 WHERE id = ?",
+                    (state, agent, host, gpu, now, now, resumable["id"]),
+                )
+                return self._run(db, resumable["id"])
+            runs = self._runs(db, sweep_id)
+            if sweep.run_cap is not None and len(runs) >= sweep.run_cap:
+                self._finish_if_idle(db, sweep_id, runs, max_attempts)
+                return None
+            proposal = controller.propose(sweep.spec, runs, max_attempts=max_attempts)
+            if proposal is None:
+                self._finish_if_idle(db, sweep_id, runs, max_attempts)
+                return None
+            params, search_info = proposal
+            run_id = self._new_run_id(db)
+            seq = 1 + max((run.seq for run in runs), default=0)
+            db.execute(
+                "INSERT INTO runs (id, sweep_id, seq, config, state, agent, host, gpu, attempts, created, started, "
+                "heartbeat, search_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+                (run_id, sweep_id, seq, json.dumps(params), state, agent, host, gpu, now, now, now,
+                 json.dumps(search_info) if search_info is not None else None),
+            )
+            return self._run(db, run_id)
+
+    def mark_stale(self, sweep_id: str, timeout_s: float) -> list[str]:
+        """Running runs whose heartbeat is older than `timeout_s` become crashed; returns their ids.
+
+        Every agent calls this before claiming, so a run whose agent was killed is resumed by another.
+        A controller that runs jobs elsewhere (SLURM) heartbeats its runs while their jobs are alive.
+        """
+        cutoff = time.time() - timeout_s
+        with self._write() as db:
+            stale = [row["id"] for row in db.execute(
+                "SELECT id FROM runs WHERE sweep_id = ? AND state = 'running' AND (heartbeat IS NULL OR heartbeat < ?)",
+                (sweep_id, cutoff))]
+            for run_id in stale:
+                db.execute("UPDATE runs SET state = 'crashed', ended = ? WHERE id = ?", (time.time(), run_id))
+        return stale
+
+    # --- a run's life ----------------------------------------------------------------------------
+    def mark_started(self, run_id: str, pid: int | None = None, host: str | None = None) -> None:
+        """The run's process started: state running, fresh heartbeat, its pid (and host) recorded."""
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, pid = ?, "
+                "host = COALESCE(?, host), heartbeat = ? WHERE id = ?",
+                (pid, host, now, run_id),
+            )
+
+    def heartbeat(self, run_id: str, agent: str | None = None) -> str | None:
+        """Record that the run is alive. Returns what its holder should do, like W&B's heartbeat reply:
+        None (carry on), 'stop' (hyperband or `harness sweep stop` asked for it), or 'lost' (the run
+        is no longer this agent's: it was marked crashed and perhaps claimed by another agent).
+        """
+        now = time.time()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT r.state, r.agent, r.stop_requested, s.state AS sweep_state FROM runs r "
+                "JOIN sweeps s ON s.id = r.sweep_id WHERE r.id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+            if row["state"] not in ACTIVE_STATES or (agent is not None and row["agent"] != agent):
+                return "lost"
+            db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (now, run_id))
+            if row["stop_requested"] or row["sweep_state"] == "stopped":
+                return "stop"
+        return None
+
+    def request_stop(self, run_id: str) -> None:
+        """Ask the run's holder to stop it (it then ends as 'stopped')."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET stop_requested = 1 WHERE id = ?", (run_id,))
+
+    def record_history(self, run_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Store the run's per-epoch rows so far (the whole history: it replaces what was there)."""
+        metric, goal = self._metric_of_run(run_id)
+        values = [float(row[metric]) for row in rows if metric and _finite(row.get(metric))]
+        best = (max(values) if goal == "maximize" else min(values)) if values else None
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET history = ?, metric_values = ?, best_metric = ? WHERE id = ?",
+                (json.dumps(list(rows), default=_plain), json.dumps(values), best, run_id),
+            )
+
+    def finish_run(self, run_id: str, state: str, summary: Mapping[str, Any] | None = None,
+                   exit_code: int | None = None, agent: str | None = None) -> bool:
+        """Record a run's final state (and its summary.json and exit code).
+
+        With `agent`, only if the run is still that agent's (False otherwise: it was taken over).
+        """
+        if state not in RUN_STATES or state in ACTIVE_STATES:
+            raise SweepError(f"finish_run: state must be one of "
+                             f"{', '.join(s for s in RUN_STATES if s not in ACTIVE_STATES)}, got {state!r}")
+        with self._write() as db:
+            row = db.execute("SELECT agent, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+            if agent is not None and (row["agent"] != agent or row["state"] not in ACTIVE_STATES):
+                return False
+            db.execute(
+                "UPDATE runs SET state = ?, summary = COALESCE(?, summary), exit_code = ?, ended = ? WHERE id = ?",
+                (state, json.dumps(summary, default=_plain) if summary is not None else None, exit_code,
+                 time.time(), run_id),
+            )
+        return True
+
+    def set_job_id(self, run_id: str, job_id: str | None) -> None:
+        """Remember the cluster job that runs this run (so a restarted controller re-attaches to it)."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET job_id = ? WHERE id = ?", (job_id, run_id))
+
+    # --- reading ---------------------------------------------------------------------------------
+    def get_run(self, run_id: str, with_history: bool = False) -> Run:
+        return self._run(self._db, run_id, with_history=with_history)
+
+    def runs(self, sweep_id: str, states: Sequence[str] | None = None, with_history: bool = False) -> list[Run]:
+        """The sweep's runs in creation order, optionally only those in `states`."""
+        self._sweep_row(self._db, sweep_id)  # unknown id -> SweepError
+        runs = self._runs(self._db, sweep_id, with_history=with_history)
+        return [run for run in runs if states is None or run.state in states]
+
+    def runs_with_jobs(self, sweep_id: str) -> list[Run]:
+        """Pending or running runs that have a cluster job id (to re-attach to after a restart)."""
+        return [run for run in self.runs(sweep_id, states=ACTIVE_STATES) if run.job_id]
+
+    def counts(self, sweep_id: str) -> dict[str, int]:
+        """Number of runs per state (every state present, zero included)."""
+        counts = {state: 0 for state in RUN_STATES}
+        for row in self._db.execute("SELECT state, COUNT(*) AS n FROM runs WHERE sweep_id = ? GROUP BY state",
+                                    (sweep_id,)):
+            counts[row["state"]] = row["n"]
+        return counts
+
+    # --- internals -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the database's write lock from its first statement."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _sweep_row(self, db: sqlite3.Connection, sweep_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if row is None:
+            self.get_sweep(sweep_id)  # raises with the known ids
+        return row
+
+    def _runs(self, db: sqlite3.Connection, sweep_id: str, with_history: bool = False) -> list[Run]:
+        columns = _LIGHT_COLUMNS + (", history" if with_history else "")
+        rows = db.execute(f"SELECT {columns} FROM runs WHERE sweep_id = ? ORDER BY seq", (sweep_id,))
+        return [_run_from_row(row) for row in rows]
+
+    def _run(self, db: sqlite3.Connection, run_id: str, with_history: bool = False) -> Run:
+        columns = _LIGHT_COLUMNS + (", history" if with_history else "")
+        row = db.execute(f"SELECT {columns} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+        return _run_from_row(row)
+
+    def _new_run_id(self, db: sqlite3.Connection) -> str:
+        while True:
+            run_id = _random_id()
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                return run_id
+
+    def _finish_if_idle(self, db: sqlite3.Connection, sweep_id: str, runs: list[Run], max_attempts: int) -> None:
+        busy = any(run.state in ACTIVE_STATES or (run.state in RESUMABLE_STATES and run.attempts < max_attempts)
+                   for run in runs)
+        if not busy:
+            db.execute("UPDATE sweeps SET state = 'finished', updated = ? WHERE id = ? AND state = 'running'",
+                       (time.time(), sweep_id))
+
+    def _metric_of_run(self, run_id: str) -> tuple[str | None, str]:
+        row = self._db.execute("SELECT sweep_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+        sweep_id = row["sweep_id"]
+        if sweep_id not in self._metric_cache:
+            sweep = self.get_sweep(sweep_id)
+            self._metric_cache[sweep_id] = (sweep.metric_name, sweep.goal)
+        return self._metric_cache[sweep_id]
+
+
+def _sweep_from_row(row: sqlite3.Row) -> Sweep:
+    return Sweep(id=row["id"], name=row["name"], spec=json.loads(row["spec"]), state=row["state"],
+                 created=row["created"], updated=row["updated"], workdir=row["workdir"])
+
+
+def _run_from_row(row: sqlite3.Row) -> Run:
+    keys = row.keys()
+    return Run(
+        id=row["id"], sweep_id=row["sweep_id"], seq=row["seq"], config=json.loads(row["config"]),
+        state=row["state"], agent=row["agent"], host=row["host"], gpu=row["gpu"], pid=row["pid"],
+        job_id=row["job_id"], attempts=row["attempts"], created=row["created"], started=row["started"],
+        ended=row["ended"], heartbeat=row["heartbeat"], metric_values=json.loads(row["metric_values"]),
+        best_metric=row["best_metric"], summary=json.loads(row["summary"]), exit_code=row["exit_code"],
+        stop_requested=bool(row["stop_requested"]),
+        search_info=json.loads(row["search_info"]) if row["search_info"] else None,
+        history=json.loads(row["history"]) if "history" in keys else None,
+    )
+
+
+def _random_id(length: int = 8) -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
