@@ -86,7 +86,7 @@ def _make_class() -> type:
                 image = self.cache.images[image_index]
                 mask = self.cache.masks[image_index]
                 if pipeline is not None:
-                    pipeline.set_random_seed(self._sample_seed(int(image_index)))
+                    augment_module.reseed(pipeline, self._sample_seed(int(image_index)))
                     out = pipeline(image=np.asarray(image), mask=np.asarray(mask))
                     image, mask = out["image"], out["mask"]
                 images[slot] = image
