@@ -1,0 +1,87 @@
+"""`harness compare RUN_A RUN_B`: two runs' per-class validation dice side by side, printed and charted.
+
+Each run's numbers come from its evaluation.json (raw and post-processed dice of the plain setting)
+or, for a run only tuned, from its postprocess.json (dice before/after); a run with neither is an
+error naming the command to run first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness import CLASSES
+from harness import io
+from harness.errors import HarnessError
+from harness.evaluate import plots
+
+COMPARISON_FILE = "comparison.png"
+
+
+def run_scores(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """{'name', 'model', 'source', 'raw': {class: dice}, 'post': {class: dice}} with 'mean' in both."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HarnessError(f"run folder not found: {run_dir}")
+    config = io.read_json(run_dir / "config.json") or {}
+    name = str(config.get("run_id") or run_dir.name)
+    model = str(config.get("model", "?"))
+    evaluation = io.read_json(run_dir / "evaluation.json")
+    if evaluation is not None:
+        plain = evaluation["results"]["plain"]
+        raw = {class_name: plain["per_class"][class_name]["dice"] for class_name in CLASSES}
+        post = {class_name: plain["per_class"][class_name]["dice_post"] for class_name in CLASSES}
+        raw["mean"], post["mean"] = plain["kaggle_dice"], plain["kaggle_dice_post"]
+        return {"name": name, "model": model, "source": "evaluation.json", "raw": raw, "post": post,
+                "images": evaluation.get("validation_images")}
+    tuned = io.read_json(run_dir / "postprocess.json")
+    if tuned is not None:
+        raw = {class_name: tuned["classes"][class_name]["dice_before"] for class_name in CLASSES}
+        post = {class_name: tuned["classes"][class_name]["dice_after"] for class_name in CLASSES}
+        raw["mean"], post["mean"] = tuned["mean"]["dice_before"], tuned["mean"]["dice_after"]
+        return {"name": name, "model": model, "source": "postprocess.json", "raw": raw, "post": post,
+                "images": tuned.get("validation_images")}
+    raise HarnessError(f"{run_dir} has neither evaluation.json nor postprocess.json: run `harness evaluate {run_dir}` first")
+
+
+def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Both runs' scores and the chart (default: <RUN_A>/plots/comparison.png)."""
+    first, second = run_scores(run_a), run_scores(run_b)
+    if first["name"] == second["name"]:
+        first["name"], second["name"] = str(run_a), str(run_b)
+    chart = Path(out) if out else Path(run_a) / "plots" / COMPARISON_FILE
+    groups = list(CLASSES) + ["mean"]
+    series = {}
+    for scores in (first, second):
+        label = f"{scores['name']} ({scores['model']})"
+        series[f"{label} raw"] = [scores["raw"][group] for group in groups]
+        series[f"{label} post"] = [scores["post"][group] for group in groups]
+    plots.grouped_bars(groups, series, chart, title="validation dice per class: raw (threshold) and post-processed")
+    return {"runs": [first, second], "chart": str(chart)}
+
+
+def format_comparison(comparison: Mapping[str, Any]) -> str:
+    first, second = comparison["runs"]
+    header = ["class", "A raw", "A post", "B raw", "B post", "B-A post"]
+    rows = []
+    for group in list(CLASSES) + ["mean"]:
+        rows.append([
+            group,
+            f"{first['raw'][group]:.4f}",
+            f"{first['post'][group]:.4f}",
+            f"{second['raw'][group]:.4f}",
+            f"{second['post'][group]:.4f}",
+            f"{second['post'][group] - first['post'][group]:+.4f}",
+        ])
+    widths = [max(len(header[column]), *(len(row[column]) for row in rows)) for column in range(len(header))]
+    lines = [
+        f"A: {first['name']} ({first['model']}, {first['images']} validation images, from {first['source']})",
+        f"B: {second['name']} ({second['model']}, {second['images']} validation images, from {second['source']})",
+    ]
+    for index, row in enumerate([header] + rows):
+        lines.append("  ".join(value.ljust(width) if column == 0 else value.rjust(width) for column, (value, width) in enumerate(zip(row, widths))))
+        if index == 0 or index == len(rows) - 1:
+            lines.append("-" * len(lines[-1]))
+    lines.append(f"chart: {comparison['chart']}")
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""`harness evaluate RUN_DIR`: scores, per-class table, pictures and evaluation.json of a trained run.
+
+On the run's validation split, for each setting
+    plain      the validation images as they are
+    augmented  the same images through an augmentation pipeline (the reference's overfitting check:
+               a model that only memorised the training images loses much more here)
+    tta        flip test-time augmentation: the mean of the predictions of the image, its horizontal
+               and its vertical flip (with --tta flips)
+it reports the loss, the soft dice (`dice_coef`, batch-averaged like Keras' val_dice_coef), the
+challenge dice of raw masks (threshold) and of post-processed masks (postprocess.json, or the plain
+threshold when the run was not tuned), overall and per class. Pictures go to RUN_DIR/plots/, the
+numbers to RUN_DIR/evaluation.json; the W&B run receives both when W&B is on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from harness import CLASSES
+from harness import io
+from harness.evaluate import plots
+from harness.evaluate import postprocess as postprocess_module
+from harness.evaluate import runs as runs_module
+
+EVALUATION_FILE = "evaluation.json"
+PLOTS_FOLDER = "plots"
+DEFAULT_OVERLAYS = 6
+
+
+def score_setting(
+    probabilities: np.ndarray, truth: np.ndarray, params: Mapping[str, Any], loss_name: str, batch_size: int, threshold: float
+) -> dict[str, Any]:
+    """Loss, soft dice, challenge dice raw and post-processed (overall and per class) of one setting."""
+    from harness.run import metrics
+
+    truth = np.asarray(truth)
+    loss, soft = _batched_loss_and_soft_dice(probabilities, truth, loss_name, batch_size)
+    raw = (np.asarray(probabilities) > threshold).astype(np.uint8)
+    processed = postprocess_module.apply_postprocess(probabilities, params)
+    raw_pairs = metrics.dice_per_pair(raw, truth)
+    post_pairs = metrics.dice_per_pair(processed, truth)
+    return {
+        "loss": loss,
+        "dice_coef": soft,
+        "kaggle_dice": float(raw_pairs.mean()),
+        "kaggle_dice_post": float(post_pairs.mean()),
+        "per_class": {
+            name: {"dice": float(raw_pairs[:, channel].mean()), "dice_post": float(post_pairs[:, channel].mean())}
+            for channel, name in enumerate(CLASSES)
+        },
+    }
+
+
+def _batched_loss_and_soft_dice(probabilities: np.ndarray, truth: np.ndarray, loss_name: str, batch_size: int) -> tuple[float, float]:
+    # Keras averages val_loss and val_dice_coef over batches weighted by their size; do the same so
+    # the numbers compare with metrics.jsonl.
+    from harness.run import losses, metrics
+
+    loss_function = losses.get_loss(loss_name)
+    total_loss = total_soft = 0.0
+    count = len(probabilities)
+    for start in range(0, count, batch_size):
+        y_pred = np.asarray(probabilities[start:start + batch_size], dtype=np.float32)
+        y_true = np.asarray(truth[start:start + batch_size], dtype=np.float32)
+        weight = len(y_pred)
+        total_loss += float(np.asarray(loss_function(y_true, y_pred))) * weight
+        total_soft += metrics.soft_dice(y_pred, y_true) * weight
+    return total_loss / count, total_soft / count
+
+
+def augment_split(images: np.ndarray, masks: np.ndarray, pipeline_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images and masks through the named pipeline, image by image (deterministic for a seed)."""
+    from harness.data import augment
+
+    pipeline = augment.build(pipeline_name, seed=seed)
+    if pipeline is None:
+        return np.asarray(images), np.asarray(masks)
+    out_images = np.empty_like(np.asarray(images))
+    out_masks = np.empty_like(np.asarray(masks))
+    for index in range(len(images)):
+        result = pipeline(image=np.asarray(images[index]), mask=np.asarray(masks[index]))
+        out_images[index] = result["image"]
+        out_masks[index] = result["mask"]
+    return out_images, out_masks
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    augment: str | None = None,
+    tta: str = "none",
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    limit: int = 0,
+    overlays: int = DEFAULT_OVERLAYS,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the run in `run_dir`; writes evaluation.json and plots/ and returns the document."""
+    run = runs_module.load_run(run_dir, data_dir=data_dir, cache_dir=cache_dir)
+    config = run.config
+    augment = augment or (config.augment if config.augment != "none" else "default")
+    validation = runs_module.validation_split(config, limit=limit)
+    truth = np.asarray(validation.masks)
+    document_params = postprocess_module.load_params(run.run_dir)
+    if document_params is None:
+        print(
+            f"warning: {run.run_dir / postprocess_module.POSTPROCESS_FILE} not found: post-processed scores use the "
+            f"plain threshold {postprocess_module.DEFAULT_THRESHOLD} (run `harness postprocess {run.run_dir}` first)",
+            file=sys.stderr,
+        )
+        params: Mapping[str, Any] = postprocess_module.default_params()
+    else:
+        params = postprocess_module.class_params(document_params)
+
+    model_holder: dict[str, Any] = {}
+
+    def model() -> Any:
+        if "model" not in model_holder:
+            model_holder["model"] = runs_module.load_model(run.run_dir)
+        return model_holder["model"]
+
+    settings: dict[str, np.ndarray] = {}
+    settings["plain"] = runs_module.validation_probabilities(run.run_dir, validation, model_loader=model, progress=progress)
+    augmented_images, augmented_masks = augment_split(validation.images, truth, augment, seed)
+    augmented = runs_module.predict_images(model(), augmented_images, progress=progress, desc=f"predicting ({augment})")
+    if tta != "none":
+        settings["tta"] = runs_module.validation_probabilities(run.run_dir, validation, tta=tta, model_loader=model, progress=progress)
+
+    results = {}
+    for name, probabilities in settings.items():
+        results[name] = score_setting(probabilities, truth, params, config.loss, config.batch_size, config.threshold)
+    results["augmented"] = score_setting(augmented, augmented_masks, params, config.loss, config.batch_size, config.threshold)
+
+    plots_dir = run.run_dir / PLOTS_FOLDER
+    pictures = _pictures(run, validation, settings["plain"], params, results, plots_dir, overlays)
+    document = {
+        "run_id": run.run_id,
+        "sweep_id": run.sweep_id,
+        "model": config.model,
+        "image_size": config.image_size,
+        "validation_images": int(len(validation.names)),
+        "threshold": config.threshold,
+        "augment": augment,
+        "tta": tta,
+        "postprocess": {
+            "source": postprocess_module.POSTPROCESS_FILE if document_params is not None else "default",
+            "classes": postprocess_module.class_params(params),
+        },
+        "results": results,
+        "plots": {key: str(path.relative_to(run.run_dir)) for key, path in pictures.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    io.atomic_write_json(run.run_dir / EVALUATION_FILE, document)
+    document["wandb"] = log_to_wandb(run, document, pictures)
+    return document
+
+
+def _pictures(
+    run: runs_module.RunInfo,
+    validation: runs_module.Validation,
+    probabilities: np.ndarray,
+    params: Mapping[str, Any],
+    results: Mapping[str, Any],
+    plots_dir: Path,
+    overlays: int,
+) -> dict[str, Path]:
+    from harness.run import metrics
+
+    pictures: dict[str, Path] = {}
+    rows = io.read_jsonl(run.run_dir / "metrics.jsonl")
+    if rows:
+        pictures["learning_curves"] = plots.learning_curves(rows, plots_dir / "learning_curves.png", title=run.run_id)
+    if overlays > 0:
+        positions = np.unique(np.linspace(0, len(validation.names) - 1, min(overlays, len(validation.names))).astype(int))
+        chosen = probabilities[positions]
+        raw = (np.asarray(chosen) > run.config.threshold).astype(np.uint8)
+        processed = postprocess_module.apply_postprocess(chosen, params)
+        truth = np.asarray(validation.masks[positions])
+        scores = [
+            (float(metrics.dice_per_pair(raw[i:i + 1], truth[i:i + 1]).mean()),
+             float(metrics.dice_per_pair(processed[i:i + 1], truth[i:i + 1]).mean()))
+            for i in range(len(positions))
+        ]
+        pictures["overlays"] = plots.overlays(
+            np.asarray(validation.images[positions]), truth, raw, processed,
+            [validation.names[position] for position in positions], plots_dir / "overlays.png", scores=scores,
+        )
+    header, table = class_table(results)
+    pictures["class_table"] = plots.table_png(header, table, plots_dir / "class_table.png", title=f"{run.run_id}: validation dice per class")
+    pictures["class_dice"] = plots.grouped_bars(
+        list(CLASSES),
+        {
+            f"{setting} {kind}": [results[setting]["per_class"][name][key] for name in CLASSES]
+            for setting in results
+            for kind, key in (("raw", "dice"), ("post-processed", "dice_post"))
+        },
+        plots_dir / "class_dice.png",
+        title=f"{run.run_id}: validation dice per class",
+    )
+    return pictures
+
+
+def class_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Per class (plus the mean and the overall loss/soft dice), raw and post-processed, per setting."""
+    settings = list(results)
+    header = ["class"] + [f"{setting} {kind}" for setting in settings for kind in ("raw", "post")]
+    rows: list[list[Any]] = []
+    for name in CLASSES:
+        rows.append([name] + [results[setting]["per_class"][name][key] for setting in settings for key in ("dice", "dice_post")])
+    rows.append(["mean"] + [results[setting][key] for setting in settings for key in ("kaggle_dice", "kaggle_dice_post")])
+    rows.append(["loss"] + [value for setting in settings for value in (results[setting]["loss"], "")])
+    rows.append(["dice_coef"] + [value for setting in settings for value in (results[setting]["dice_coef"], "")])
+    return header, rows
+
+
+def format_report(document: Mapping[str, Any]) -> str:
+    header, rows = class_table(document["results"])
+    text_rows = [[f"{value:.4f}" if isinstance(value, float) else str(value) for value in row] for row in rows]
+    widths = [max(len(header[column]), *(len(row[column]) for row in text_rows)) for column in range(len(header))]
+    lines = [
+        f"run {document['run_id']} ({document['model']}, {document['image_size']}): "
+        f"{document['validation_images']} validation images; augmented = {document['augment']}, tta = {document['tta']}; "
+        f"post-processing from {document['postprocess']['source']}"
+    ]
+    for line in [header] + text_rows:
+        lines.append("  ".join(value.ljust(width) if column == 0 else value.rjust(width) for column, (value, width) in enumerate(zip(line, widths))))
+    lines.insert(2, "-" * len(lines[1]))
+    return "\n".join(lines)
+
+
+# --- W&B ------------------------------------------------------------------------------------------------
+def wandb_enabled(run_dir: Path) -> bool:
+    """W&B is on (WANDB_MODE not disabled) and the run logged to W&B (a wandb/ folder with a run in it)."""
+    from harness.run import tracking
+
+    if tracking.wandb_mode() == "disabled":
+        return False
+    folder = run_dir / "wandb"
+    return folder.is_dir() and any(child.is_dir() and "run-" in child.name for child in folder.iterdir())
+
+
+def log_to_wandb(run: runs_module.RunInfo, document: Mapping[str, Any], pictures: Mapping[str, Path]) -> bool:
+    """Send the tables and pictures to the run's W&B run (resumed by id; offline works). True if sent."""
+    if not wandb_enabled(run.run_dir):
+        return False
+    import wandb
+
+    from harness.run import tracking
+
+    arguments: dict[str, Any] = {
+        "id": os.environ.get("WANDB_RUN_ID") or run.run_id,
+        "resume": "allow",
+        "dir": str(run.run_dir),
+        "project": run.config.wandb_project or None,
+        "entity": run.config.wandb_entity or None,
+        "mode": tracking.wandb_mode(),
+        "job_type": "evaluation",
+    }
+    wandb_run = wandb.init(**{key: value for key, value in arguments.items() if value is not None})
+    try:
+        header, rows = class_table(document["results"])
+        table = wandb.Table(columns=header, data=[[value if value != "" else None for value in row] for row in rows])
+        payload: dict[str, Any] = {"evaluation/per_class": table}
+        for key, path in pictures.items():
+            payload[f"evaluation/{key}"] = wandb.Image(str(path))
+        wandb_run.log(payload)
+        for setting, values in document["results"].items():
+            for metric in ("loss", "dice_coef", "kaggle_dice", "kaggle_dice_post"):
+                wandb_run.summary[f"evaluation/{setting}/{metric}"] = values[metric]
+    finally:
+        wandb_run.finish()
+    return True

@@ -1,0 +1,216 @@
+"""`harness sweep report SWEEP_ID`: what the W&B dashboard shows, offline, from the local sweep store.
+
+Writes into `<root>/<sweep_id>/report/`:
+    best_runs.png                the best runs (by the sweep's metric and goal) as a table
+    parallel_coordinates.png     one line per run across the varying parameters and the metric
+    parameter_importance.png     per parameter: correlation with the metric and an importance
+    report.md                    the same tables in Markdown, with the pictures linked
+
+Parameters that take a single value in the sweep are left out. Numeric parameters are used as
+numbers (on a log10 axis when they are positive and span more than two decades, like learning
+rates); categorical ones (strings, booleans) are mapped to positions in the order of the sweep's
+`values`. Correlation is Pearson's r of the (encoded) parameter with the metric, shown for numeric and
+two-level parameters only (a position order of three or more categories means nothing). Importance
+is |Spearman's rho| for numeric parameters and the correlation ratio eta (the share of the metric's
+spread explained by the category means, square-rooted) for categorical ones: both in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness import io
+from harness.errors import SweepError
+from harness.evaluate import plots
+
+REPORT_FOLDER = "report"
+BEST_RUNS = 10
+
+
+@dataclasses.dataclass
+class Parameter:
+    name: str
+    kind: str  # "numeric" or "categorical"
+    values: np.ndarray  # encoded per run (NaN where the run lacks it)
+    log: bool = False
+    levels: list[Any] = dataclasses.field(default_factory=list)  # categorical: value of each position
+
+
+def encode_parameters(configs: Sequence[dict[str, Any]], spec_parameters: dict[str, Any] | None = None) -> list[Parameter]:
+    """The parameters that vary across `configs`, encoded as numbers per run."""
+    spec_parameters = spec_parameters or {}
+    names: list[str] = []
+    for config in configs:
+        for name in config:
+            if name not in names:
+                names.append(name)
+    parameters = []
+    for name in names:
+        raw = [config.get(name) for config in configs]
+        present = [value for value in raw if value is not None]
+        if len({repr(value) for value in present}) < 2:
+            continue  # fixed in this sweep: nothing to learn from it
+        numeric = all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in present)
+        if numeric:
+            values = np.array([float(value) if value is not None else np.nan for value in raw])
+            finite = values[np.isfinite(values)]
+            log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+            parameters.append(Parameter(name, "numeric", np.log10(values) if log else values, log=log))
+        else:
+            order = list((spec_parameters.get(name) or {}).get("values") or [])
+            levels = [value for value in order if value in present]
+            levels += sorted({value for value in present if value not in levels}, key=repr)
+            positions = {repr(level): float(index) for index, level in enumerate(levels)}
+            values = np.array([positions[repr(value)] if value is not None else np.nan for value in raw])
+            parameters.append(Parameter(name, "categorical", values, levels=levels))
+    return parameters
+
+
+def importance(parameter: Parameter, metric: np.ndarray) -> tuple[float, float]:
+    """(Pearson r or NaN, importance in [0, 1]) of one parameter against the metric, on finite pairs."""
+    from scipy import stats
+
+    mask = np.isfinite(parameter.values) & np.isfinite(metric)
+    x, y = parameter.values[mask], metric[mask]
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan, math.nan
+    two_levels = parameter.kind == "categorical" and len(np.unique(x)) == 2
+    pearson = float(np.corrcoef(x, y)[0, 1]) if parameter.kind == "numeric" or two_levels else math.nan
+    if parameter.kind == "numeric":
+        rho = stats.spearmanr(x, y).statistic
+        return pearson, float(abs(rho)) if np.isfinite(rho) else math.nan
+    # Correlation ratio: sqrt(between-group sum of squares / total sum of squares).
+    total = float(((y - y.mean()) ** 2).sum())
+    between = sum(float((y[x == level].size) * (y[x == level].mean() - y.mean()) ** 2) for level in np.unique(x))
+    return pearson, math.sqrt(between / total) if total > 0 else math.nan
+
+
+def _metric_of(run: Any, metric_name: str | None) -> float:
+    if run.best_metric is not None and math.isfinite(run.best_metric):
+        return float(run.best_metric)
+    if metric_name:
+        value = (run.summary or {}).get(metric_name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return math.nan
+
+
+def _evaluation_of(run_dir: Path) -> float | None:
+    evaluation = io.read_json(run_dir / "evaluation.json")
+    if evaluation:
+        return float(evaluation["results"]["plain"]["kaggle_dice_post"])
+    tuned = io.read_json(run_dir / "postprocess.json")
+    if tuned:
+        return float(tuned["mean"]["dice_after"])
+    return None
+
+
+def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top: int = BEST_RUNS) -> dict[str, Any]:
+    """Build the report of a local sweep; returns {'folder', 'files', 'best', 'importance'}."""
+    from harness.sweep.store import Store
+
+    with Store(root) as store:
+        sweep = store.get_sweep(sweep_id)
+        runs = store.runs(sweep_id)
+        root_path = store.root
+    if not runs:
+        raise SweepError(f"sweep {sweep_id} has no runs yet: nothing to report (start an agent: harness agent {sweep_id})")
+    metric_name = sweep.metric_name or "metric"
+    maximize = sweep.goal == "maximize"
+    metric = np.array([_metric_of(run, sweep.metric_name) for run in runs])
+    configs = [dict(run.config) for run in runs]
+    parameters = encode_parameters(configs, sweep.spec.get("parameters") or {})
+    folder = root_path / sweep_id / REPORT_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+
+    ranked = sorted(range(len(runs)), key=lambda index: (not math.isfinite(metric[index]),
+                                                         -metric[index] if maximize else metric[index]))
+    varying = [parameter.name for parameter in parameters]
+    best_header = ["rank", "run", "state", metric_name, "post dice", "epochs"] + varying
+    best_rows = []
+    for rank, index in enumerate(ranked[:top], start=1):
+        run = runs[index]
+        post = _evaluation_of(root_path / sweep_id / run.id)
+        best_rows.append(
+            [str(rank), run.id, run.state, f"{metric[index]:.4f}" if math.isfinite(metric[index]) else "-",
+             f"{post:.4f}" if post is not None else "-", str(run.epochs_completed)]
+            + [_short(run.config.get(name)) for name in varying]
+        )
+    files = {"best_runs": plots.table_png(best_header, best_rows, folder / "best_runs.png",
+                                          title=f"sweep {sweep_id}: best runs by {metric_name} ({sweep.goal})")}
+
+    rows = []
+    for parameter in parameters:
+        pearson, weight = importance(parameter, metric)
+        rows.append({"parameter": parameter.name, "kind": parameter.kind + (" (log10)" if parameter.log else ""),
+                     "correlation": pearson, "importance": weight})
+    rows.sort(key=lambda row: -(row["importance"] if math.isfinite(row["importance"]) else -1.0))
+    if parameters:
+        columns = [parameter.name + (" (log10)" if parameter.log else "") for parameter in parameters] + [metric_name]
+        matrix = np.column_stack([parameter.values for parameter in parameters] + [metric])
+        ticks = {
+            position: [(float(level_index), _short(level)) for level_index, level in enumerate(parameter.levels)]
+            for position, parameter in enumerate(parameters) if parameter.kind == "categorical"
+        }
+        files["parallel_coordinates"] = plots.parallel_coordinates(
+            columns, matrix, ticks, metric, folder / "parallel_coordinates.png", color_label=metric_name,
+            title=f"sweep {sweep_id}: {len(runs)} runs",
+        )
+        files["parameter_importance"] = plots.importance_bars(
+            [row["parameter"] for row in rows], [row["correlation"] for row in rows],
+            [row["importance"] for row in rows], folder / "parameter_importance.png", metric=metric_name,
+        )
+    report = _markdown(sweep, runs, metric_name, best_header, best_rows, rows, files, folder)
+    io.atomic_write_text(folder / "report.md", report)
+    files["report"] = folder / "report.md"
+    return {"folder": str(folder), "files": {key: str(path) for key, path in files.items()}, "best": best_rows,
+            "importance": rows, "header": best_header}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _markdown(sweep: Any, runs: Sequence[Any], metric_name: str, header: Sequence[str], rows: Sequence[Sequence[str]],
+              importance_rows: Sequence[dict[str, Any]], files: dict[str, Path], folder: Path) -> str:
+    states: dict[str, int] = {}
+    for run in runs:
+        states[run.state] = states.get(run.state, 0) + 1
+    lines = [
+        f"# Sweep {sweep.id} ({sweep.name})",
+        "",
+        f"{sweep.method} search, metric `{metric_name}` ({sweep.goal}); state {sweep.state}; "
+        f"{len(runs)} runs: " + ", ".join(f"{count} {state}" for state, count in sorted(states.items())) + ".",
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "",
+        "## Best runs",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "`post dice`: challenge dice after post-processing, where the run was evaluated "
+              "(`harness evaluate`) or tuned (`harness postprocess`).", ""]
+    if importance_rows:
+        lines += ["## Parameters", "", "| parameter | kind | correlation (Pearson) | importance |", "|---|---|---|---|"]
+        for row in importance_rows:
+            lines.append(f"| {row['parameter']} | {row['kind']} | {_number(row['correlation'])} | {_number(row['importance'])} |")
+        lines += ["", "Importance: |Spearman rho| for numeric parameters, the correlation ratio eta for categorical "
+                  "ones. With few runs these numbers are noisy.", ""]
+    lines += ["## Pictures", ""]
+    for key, path in files.items():
+        lines.append(f"![{key}]({Path(path).relative_to(folder)})")
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return f"{value:+.3f}" if math.isfinite(value) else "n/a"

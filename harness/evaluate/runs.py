@@ -1,0 +1,162 @@
+"""A trained run as evaluation sees it: its config, its validation split, its model's predictions.
+
+The validation split is the training run's own (same cache, same `split_indices(presence,
+val_fraction, seed)`), so post-processing is tuned and scored on images the model never trained on.
+Predicting is the slow part: the validation probabilities are cached as float16 in
+`RUN_DIR/cache/`, keyed by best.keras's modification time, the image count and the TTA mode, so a
+second `harness postprocess` or `harness evaluate` of the same model skips the model entirely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from harness import config as config_module
+from harness import io
+from harness.errors import HarnessError
+
+CONFIG_FILE = "config.json"
+BEST_FILE = "best.keras"
+CACHE_FOLDER = "cache"
+TTA_MODES = ("none", "flips")
+PREDICT_BATCH = 8
+
+
+@dataclasses.dataclass
+class RunInfo:
+    run_dir: Path
+    run_id: str
+    sweep_id: str | None
+    config: config_module.Config
+
+
+@dataclasses.dataclass
+class Validation:
+    """The validation split of a run: uint8 images and masks (memory-mapped) and their names."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    masks: np.ndarray  # (N, H, W, 4) uint8
+    names: list[str]
+    indices: np.ndarray  # positions in the cache
+
+
+def load_run(run_dir: str | os.PathLike[str], data_dir: str | None = None, cache_dir: str | None = None) -> RunInfo:
+    """The run's saved config (config.json), with the data location optionally moved."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HarnessError(f"run folder not found: {run_dir}")
+    saved = io.read_json(run_dir / CONFIG_FILE)
+    if saved is None:
+        raise HarnessError(f"{run_dir / CONFIG_FILE} is missing: not a run folder (written when training starts)")
+    values = {key: value for key, value in saved.items() if key in config_module.config_keys()}
+    if data_dir:
+        values["data_dir"] = str(data_dir)
+        # A moved data folder brings its cache unless one is named.
+        values["cache_dir"] = str(cache_dir or "")
+    elif cache_dir:
+        values["cache_dir"] = str(cache_dir)
+    config = config_module.from_dict(values, source=str(run_dir / CONFIG_FILE))
+    return RunInfo(run_dir, str(saved.get("run_id") or run_dir.name), saved.get("sweep_id"), config)
+
+
+def validation_split(config: config_module.Config, limit: int = 0) -> Validation:
+    """The run's validation images (the first `limit` of them when > 0), from the data cache."""
+    from harness.data import dataset as dataset_module
+    from harness.data import split as split_module
+
+    cache = dataset_module.open_or_prepare(config, progress=True)
+    _, val_idx = split_module.split_indices(cache.presence, config.val_fraction, config.seed)
+    val_idx = np.sort(np.asarray(val_idx, dtype=np.int64))
+    if limit > 0:
+        val_idx = val_idx[:limit]
+    if val_idx.size == 0:
+        raise HarnessError(f"the validation split of {config.data_dir} is empty (val_fraction={config.val_fraction})")
+    return Validation(
+        images=cache.images[val_idx],
+        masks=cache.masks[val_idx],
+        names=[cache.names[index] for index in val_idx],
+        indices=val_idx,
+    )
+
+
+def load_model(run_dir: str | os.PathLike[str]):
+    from harness.run import checkpoint
+
+    return checkpoint.load_best(run_dir)
+
+
+def predict_batches(model: Any, batches: Iterator[np.ndarray], tta: str = "none") -> Iterator[np.ndarray]:
+    """Sigmoid maps (B, H, W, 4) float32 of uint8 image batches; `tta='flips'` averages hflip/vflip."""
+    from harness.data import dataset as dataset_module
+
+    if tta not in TTA_MODES:
+        raise HarnessError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}")
+    for images in batches:
+        x = dataset_module.standardize(images)
+        prediction = _forward(model, x)
+        if tta == "flips":
+            # Each flip is undone on the prediction before averaging, so the maps stay aligned.
+            prediction = prediction + _forward(model, x[:, :, ::-1])[:, :, ::-1]
+            prediction = prediction + _forward(model, x[:, ::-1])[:, ::-1]
+            prediction = prediction / 3.0
+        yield prediction.astype(np.float32)
+
+
+def _forward(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model(np.ascontiguousarray(x), training=False))
+
+
+def predict_images(
+    model: Any, images: np.ndarray, tta: str = "none", batch_size: int = PREDICT_BATCH, progress: bool = True, desc: str = "predicting"
+) -> np.ndarray:
+    """Probabilities (N, H, W, 4) float32 of uint8 images (N, H, W, 3), batch by batch with a progress bar."""
+    import tqdm
+
+    starts = range(0, len(images), batch_size)
+    batches = (np.asarray(images[start:start + batch_size]) for start in starts)
+    parts = list(tqdm.tqdm(predict_batches(model, batches, tta), total=len(starts), desc=desc, unit="batch", disable=not progress))
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0,) + tuple(images.shape[1:3]) + (4,), np.float32)
+
+
+def cache_path(run_dir: Path, count: int, tta: str) -> Path:
+    best = run_dir / BEST_FILE
+    if not best.exists():
+        raise HarnessError(f"no best model in {run_dir}: {BEST_FILE} is missing (has the run finished an epoch?)")
+    return run_dir / CACHE_FOLDER / f"val-probabilities-{best.stat().st_mtime_ns}-{count}-{tta}.npy"
+
+
+def validation_probabilities(
+    run_dir: str | os.PathLike[str],
+    validation: Validation,
+    tta: str = "none",
+    model_loader: Callable[[], Any] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The model's validation probabilities, float16, from RUN_DIR/cache/ or predicted once and cached."""
+    run_dir = Path(run_dir)
+    path = cache_path(run_dir, len(validation.names), tta)
+    if path.exists():
+        try:
+            cached = np.load(path, mmap_mode=None)
+            if cached.shape == validation.masks.shape:
+                return cached
+        except (OSError, ValueError):
+            pass  # a damaged cache file is rebuilt below
+    model = (model_loader or (lambda: load_model(run_dir)))()
+    probabilities = predict_images(model, validation.images, tta=tta, progress=progress, desc="predicting validation").astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f"val-probabilities-*-{tta}.npy"):
+        stale.unlink(missing_ok=True)  # an older model's predictions
+    with io.atomic_path(path, suffix=".npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, probabilities)
+    return probabilities
+
+
+def names_for(validation: Validation, positions: Sequence[int]) -> list[str]:
+    return [validation.names[position] for position in positions]
