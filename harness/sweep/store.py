@@ -290,14 +290,16 @@ class Store:
         return stale
 
     # --- a run's life ----------------------------------------------------------------------------
-    def mark_started(self, run_id: str, pid: int | None = None, host: str | None = None) -> None:
-        """The run's process started: state running, fresh heartbeat, its pid (and host) recorded."""
+    def mark_started(self, run_id: str, pid: int | None = None, host: str | None = None,
+                     gpu: str | None = None) -> None:
+        """The run's process started: state running, fresh heartbeat, its pid (and host, and the GPU a
+        cluster job was given, e.g. SLURM's CUDA_VISIBLE_DEVICES) recorded."""
         now = time.time()
         with self._write() as db:
             db.execute(
                 "UPDATE runs SET state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, pid = ?, "
-                "host = COALESCE(?, host), heartbeat = ? WHERE id = ?",
-                (pid, host, now, run_id),
+                "host = COALESCE(?, host), gpu = COALESCE(?, gpu), heartbeat = ? WHERE id = ?",
+                (pid, host, gpu, now, run_id),
             )
 
     def heartbeat(self, run_id: str, agent: str | None = None) -> str | None:
