@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -132,10 +132,11 @@ def evaluate_run(
     if tta != "none":
         settings["tta"] = runs_module.validation_probabilities(run.run_dir, validation, tta=tta, model_loader=model, progress=progress)
 
-    results = {}
-    for name, probabilities in settings.items():
-        results[name] = score_setting(probabilities, truth, params, config.loss, config.batch_size, config.threshold)
-    results["augmented"] = score_setting(augmented, augmented_masks, params, config.loss, config.batch_size, config.threshold)
+    scoring = (params, config.loss, config.batch_size, config.threshold)
+    results = {"plain": score_setting(settings["plain"], truth, *scoring),
+               "augmented": score_setting(augmented, augmented_masks, *scoring)}
+    if "tta" in settings:
+        results["tta"] = score_setting(settings["tta"], truth, *scoring)
 
     plots_dir = run.run_dir / PLOTS_FOLDER
     pictures = _pictures(run, validation, settings["plain"], params, results, plots_dir, overlays)

@@ -39,6 +39,8 @@ def _save(figure: Any, path: str | Path, dpi: int = 100) -> Path:
 def learning_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Loss, soft dice, challenge dice (train and validation) and the learning rate per epoch."""
     pyplot = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     panels = (("loss", "loss"), ("dice_coef", "soft dice"), ("kaggle_dice", "challenge dice"), ("lr", "learning rate"))
     figure, axes = pyplot.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     epochs = [int(row.get("epoch", index + 1)) for index, row in enumerate(rows)]
@@ -53,6 +55,7 @@ def learning_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: 
                 axis.plot(*zip(*points), style, markersize=3, label="validation" if prefix else "train")
         axis.set_title(label)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         if key == "lr":
             axis.set_yscale("log")
@@ -124,6 +127,7 @@ def table_png(header: Sequence[str], rows: Sequence[Sequence[Any]], path: str | 
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1.0, 1.3)
+    table.auto_set_column_width(list(range(len(header))))
     for (row, _), cell in table.get_celld().items():
         if row == 0:
             cell.set_text_props(weight="bold")
