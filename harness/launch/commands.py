@@ -1,9 +1,137 @@
-"""Click commands of this area (registered on the `harness` group by harness.cli)."""
+"""`harness launch` (also `python -m harness.launch`): run a sweep's agents on this machine's GPUs, or
+its runs as SLURM jobs. Thin: parse, call harness.launch.gpus / harness.launch.slurm, print."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from harness.errors import HarnessError
+
+
+@click.command("launch", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--sweep", "sweep_id", required=True, metavar="ID",
+              help="a local sweep id (local-xxxxxxxx, from `harness sweep create`) or a W&B sweep path entity/project/id")
+@click.option("--gpus", default=None, metavar="IDS|all|none",
+              help="GPU ids (0,1,2,3): one agent per GPU; 'all': every GPU nvidia-smi lists; 'none': CPU agents (--agents)")
+@click.option("--agents", type=click.IntRange(min=1), default=None, help="with --gpus none: how many CPU agents")
+@click.option("--agents-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="agents sharing each GPU (small models)")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="runs per agent (--gpus), or runs to submit in all (--slurm); default: until the sweep ends")
+@click.option("--root", default=None, help="runs root holding sweeps.db and the run folders [$HARNESS_ROOT or ./runs]")
+@click.option("--resume", is_flag=True, help="first make the sweep's interrupted (crashed, preempted) runs resumable")
+@click.option("--slurm", "profile_name", default=None, metavar="PROFILE",
+              help="submit to SLURM with this profile of jobs/slurm.yaml (e.g. local) instead of running agents here")
+@click.option("--parallel", type=click.IntRange(min=1), default=None,
+              help="--slurm: most jobs in flight (default: the profile's)")
+@click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False), default=None,
+              help="SLURM profiles file [$HARNESS_SLURM_PROFILES or jobs/slurm.yaml]")
+@click.option("--stagger", type=float, default=2.0, show_default=True,
+              help="seconds between agent starts (agents started together can get the same first run)")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
+              help="restarts of an agent that dies abnormally (back-off 2, 4, 8 ... s)")
+@click.option("--dry-run", is_flag=True, help="print what would be started or submitted, start nothing")
+def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_per_gpu: int, count: int | None,
+                   root: str | None, resume: bool, profile_name: str | None, parallel: int | None,
+                   profiles_file: str | None, stagger: float, max_restarts: int, dry_run: bool) -> None:
+    """Run a sweep on this machine's GPUs (one agent per GPU) or as SLURM jobs.
+
+    \b
+    python -m harness.launch --gpus 0,1,2,3 --sweep local-abcd1234
+    python -m harness.launch --gpus none --agents 2 --sweep local-abcd1234 --count 5
+    python -m harness.launch --gpus all --sweep my-team/cloudsweep/x1y2z3
+    python -m harness.launch --slurm local --sweep local-abcd1234 --parallel 4
+    """
+    from harness.io import runs_root
+    from harness.launch import gpus as gpus_module
+    from harness.launch.gpus import LaunchError, is_wandb_sweep
+
+    if (gpus is None) == (profile_name is None):
+        raise LaunchError("say where to run: --gpus IDS|all|none (agents on this machine) or --slurm PROFILE")
+    if profile_name is None and parallel is not None:
+        raise LaunchError("--parallel goes with --slurm; on this machine the agents are the parallelism")
+    root_path = runs_root(root)
+    wandb = is_wandb_sweep(sweep_id)
+    if not wandb:
+        _check_local_sweep(root_path, sweep_id, resume and not dry_run)
+    elif resume:
+        click.echo("[launch] --resume: a W&B sweep re-runs its preempted runs itself (mark_preempting)")
+
+    if profile_name is not None:
+        _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run)
+        return
+    gpu_ids = gpus_module.parse_gpus(gpus)
+    slots = gpus_module.plan_agents(sweep_id, gpu_ids, root_path, agents_per_gpu=agents_per_gpu, agents=agents,
+                                    count=count)
+    if dry_run:
+        for slot in slots:
+            env = " ".join(f"{key}={value!r}" for key, value in slot.env.items())
+            click.echo(f"{slot.name}: {env} {' '.join(slot.argv)} > {slot.log}")
+        return
+    where = ", ".join(slot.name for slot in slots)
+    click.echo(f"[launch] sweep {sweep_id}: {len(slots)} agent(s) ({where}); logs in {slots[0].log.parent}; "
+               f"Ctrl-C stops them (each run saves a checkpoint)")
+    if not wandb:
+        click.echo(f"[launch] watch: harness status {sweep_id} --root {root_path} --watch")
+    supervisor = gpus_module.Supervisor(slots, stagger_s=stagger, max_restarts=max_restarts,
+                                        echo=lambda line: click.echo(line, err=False))
+    code = supervisor.run()
+    if code and supervisor.stop_signal:
+        hint = f" (continue with: python -m harness.launch --gpus {gpus} --sweep {sweep_id} --resume)" if not wandb else ""
+        click.echo(f"[launch] stopped{hint}")
+    click.get_current_context().exit(code)
+
+
+def _check_local_sweep(root: Path, sweep_id: str, resume: bool) -> None:
+    from harness.launch.resume import resume_sweep
+    from harness.sweep.store import Store
+
+    with Store(root) as store:
+        store.get_sweep(sweep_id)  # unknown id: SweepError naming the known ones
+        if resume:
+            resume_sweep(store, sweep_id, echo=click.echo)
+
+
+def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, profiles_file: str | None,
+                  parallel: int | None, count: int | None, agents: int | None, dry_run: bool) -> None:
+    from harness.launch import profiles, slurm
+
+    profile = profiles.load_profile(profile_name, profiles_file)
+    if wandb:
+        plan = slurm.wandb_array_plan(sweep_id, profile, root, tasks=agents, parallel=parallel, count=count)
+        if dry_run:
+            click.echo(f"job array of {plan.tasks} task(s), submitit parameters {plan.parameters}")
+            click.echo(f"each task: {' '.join(plan.argv)} (env {plan.env}); logs in {plan.log_dir}")
+            return
+        slurm.submit_wandb_array(plan, echo=click.echo)
+        return
+    from harness.sweep.store import Store
+
+    if dry_run:
+        click.echo(f"would run sweep {sweep_id} as SLURM jobs: profile {profile.name!r}, "
+                   f"{parallel or profile.parallel} in flight, submitit parameters {profile.submitit_parameters(parallel)}")
+        return
+    with Store(root) as store:
+        controller = slurm.SlurmController(store, sweep_id, profile, parallel=parallel, count=count, echo=click.echo)
+        click.echo(f"[slurm] sweep {sweep_id}: profile {profile.name!r} (partition {profile.partition or 'default'}, "
+                   f"{profile.gpus_per_job} GPU/job), at most {controller.parallel} jobs in flight; "
+                   f"Ctrl-C detaches (jobs keep running; run the same command to re-attach)")
+        code = controller.run()
+    click.get_current_context().exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m harness.launch`: the same command, with HarnessError -> exit 2."""
+    from harness.cli import run_main
+
+    run_main(launch_command, argv)
 
 
 def register(group: click.Group) -> None:
     """Add this area's commands to `group`."""
+    group.add_command(launch_command)
+
+
+__all__ = ["launch_command", "main", "register", "HarnessError"]

@@ -37,6 +37,13 @@ class Profile:
     setup: tuple[str, ...] = ()  # shell lines run before each job (module load, conda activate, ...)
     sbatch: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other sbatch option: {name: value}
 
+    def executor_arguments(self) -> dict[str, Any]:
+        """Keywords for the `submitit.AutoExecutor(folder, cluster='slurm', ...)` constructor itself."""
+        arguments: dict[str, Any] = {"slurm_max_num_timeout": self.max_requeues}
+        if self.python:
+            arguments["slurm_python"] = self.python
+        return arguments
+
     def submitit_parameters(self, parallel: int | None = None) -> dict[str, Any]:
         """Keywords for `submitit.AutoExecutor(..., cluster='slurm').update_parameters`."""
         parameters: dict[str, Any] = {
@@ -45,7 +52,6 @@ class Profile:
             "cpus_per_task": self.cpus_per_job,
             "mem_gb": self.mem_gb,
             "slurm_signal_delay_s": self.signal_delay_s,
-            "slurm_max_num_timeout": self.max_requeues,
             "slurm_array_parallelism": parallel or self.parallel,
             "slurm_setup": list(self.setup),
         }

@@ -1,0 +1,342 @@
+"""One machine, many GPUs: one sweep agent per GPU slot, kept alive, stopped together.
+
+`plan_agents` is pure: it says exactly which command each slot runs, with which environment and log
+file (tests check it without starting anything, and the W&B path cannot run here without a server).
+`Supervisor` starts those commands staggered, restarts an agent that dies abnormally (with a limit
+and a growing back-off), forwards Ctrl-C/SIGTERM to every agent (each agent makes its run save a
+checkpoint and records it preempted) and returns only once every agent has exited.
+
+Agents run in their own session, so a Ctrl-C in the terminal reaches them once, through the
+launcher, and with a parent-death signal: if the launcher itself is killed (even with kill -9) every
+agent gets SIGTERM, stops its run with a checkpoint, and `--resume` carries on from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from harness.errors import HarnessError
+
+# `entity/project/sweep_id`: a W&B sweep (driven by `wandb agent`); anything else is a local sweep id.
+_WANDB_SWEEP = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9]+$")
+_NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):")
+# Lines of an agent's log worth showing on the launcher's terminal (the rest stays in the log).
+_SUMMARY_LINE = re.compile(
+    r"(claim|resum|start|finish|fail|crash|preempt|stop|cancel|error|exception|traceback|done|agent|sweep)",
+    re.IGNORECASE,
+)
+# Exit codes that restarting cannot fix: 0 (the sweep is done or --count reached), 2 (a usage error).
+NO_RESTART_CODES = (0, 2)
+PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(HarnessError):
+    """The launch request cannot be carried out (GPUs, sweep id, options)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSlot:
+    """One agent process: which GPU it owns, what it runs, where its output goes."""
+
+    name: str  # agent-<gpu>-<k>, or agent-cpu-<k>
+    gpu: str | None  # the GPU id it sees as its only GPU; None: CPU only
+    argv: tuple[str, ...]
+    env: Mapping[str, str]  # set on top of the launcher's environment
+    log: Path
+
+
+def is_wandb_sweep(sweep_id: str) -> bool:
+    return bool(_WANDB_SWEEP.match(sweep_id))
+
+
+def sweep_folder_name(sweep_id: str) -> str:
+    """The folder under the runs root that holds a sweep's runs (a W&B path's last part)."""
+    return sweep_id.rsplit("/", 1)[-1]
+
+
+def parse_gpus(text: str, environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """`0,1,3` -> ['0', '1', '3']; `all` -> the machine's GPUs; `none` -> None (CPU agents)."""
+    text = text.strip().lower()
+    if text == "none":
+        return None
+    if text == "all":
+        return detect_gpus(environ)
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids or not all(part.isdigit() for part in ids):
+        raise LaunchError(f"--gpus: expected GPU ids like 0,1,2, or 'all', or 'none'; got {text!r}")
+    if len(set(ids)) != len(ids):
+        raise LaunchError(f"--gpus: GPU ids repeat in {text!r}; use --agents-per-gpu for several agents on one GPU")
+    return ids
+
+
+def detect_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs this launcher may use: $CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`."""
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [part.strip() for part in visible.split(",") if part.strip() and part.strip() != "-1"]
+        if ids:
+            return ids
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise LaunchError(
+            "--gpus all: nvidia-smi not found (no NVIDIA driver on this machine); "
+            "name the GPUs (--gpus 0,1) or run CPU agents (--gpus none --agents K)"
+        ) from None
+    if listing.returncode != 0:
+        raise LaunchError(f"--gpus all: `nvidia-smi -L` failed: {(listing.stderr or listing.stdout).strip()}")
+    ids = parse_nvidia_smi(listing.stdout)
+    if not ids:
+        raise LaunchError("--gpus all: `nvidia-smi -L` lists no GPU; use --gpus none --agents K for CPU agents")
+    return ids
+
+
+def parse_nvidia_smi(text: str) -> list[str]:
+    """GPU indices from `nvidia-smi -L` ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)")."""
+    return [match.group(1) for line in text.splitlines() if (match := _NVIDIA_SMI_LINE.match(line.strip()))]
+
+
+def plan_agents(
+    sweep_id: str,
+    gpus: Sequence[str] | None,
+    root: Path,
+    agents_per_gpu: int = 1,
+    agents: int | None = None,
+    count: int | None = None,
+    python: str | None = None,
+) -> list[AgentSlot]:
+    """The agent processes to run: their commands, environments and log files. Starts nothing.
+
+    A local sweep id runs `python -m harness agent ID [--count N] --root ROOT`; a W&B sweep path
+    `entity/project/id` runs `python -m wandb agent --forward-signals [--count N] entity/project/id`
+    (W&B's own agent, which passes SIGINT/SIGTERM on to the run so it can save).
+    """
+    python = python or sys.executable
+    if agents_per_gpu < 1:
+        raise LaunchError(f"--agents-per-gpu must be >= 1, got {agents_per_gpu}")
+    if count is not None and count < 1:
+        raise LaunchError(f"--count must be >= 1, got {count}")
+    if gpus is None:
+        if not agents or agents < 1:
+            raise LaunchError("--gpus none needs --agents K (how many CPU agents to run), K >= 1")
+        placements = [(None, index) for index in range(agents)]
+    else:
+        if agents is not None:
+            raise LaunchError("--agents goes with --gpus none; with GPUs use --agents-per-gpu")
+        placements = [(gpu, index) for gpu in gpus for index in range(agents_per_gpu)]
+
+    count_args = ["--count", str(count)] if count is not None else []
+    if is_wandb_sweep(sweep_id):
+        argv = [python, "-m", "wandb", "agent", "--forward-signals", *count_args, sweep_id]
+    else:
+        argv = [python, "-m", "harness", "agent", sweep_id, *count_args, "--root", str(root)]
+    log_dir = root / sweep_folder_name(sweep_id) / "agents"
+    slots = []
+    for gpu, index in placements:
+        name = f"agent-{gpu if gpu is not None else 'cpu'}-{index}"
+        # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU agents must not grab one by accident.
+        env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else "", "HARNESS_ROOT": str(root),
+               "PYTHONUNBUFFERED": "1"}
+        slots.append(AgentSlot(name=name, gpu=gpu, argv=tuple(argv), env=env, log=log_dir / f"{name}.log"))
+    return slots
+
+
+# --- running them ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Agent:
+    slot: AgentSlot
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    restart_at: float | None = None  # when a pending restart is due
+    done: bool = False
+    exit_code: int | None = None
+    log_offset: int = 0
+    log_tail: str = ""  # an unfinished last line of the log
+
+
+class Supervisor:
+    """Runs agent slots until each has exited for good; see the module docstring."""
+
+    def __init__(
+        self,
+        slots: Sequence[AgentSlot],
+        stagger_s: float = 2.0,
+        max_restarts: int = 3,
+        backoff_s: float = 2.0,
+        echo: Callable[[str], None] = print,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.agents = [_Agent(slot) for slot in slots]
+        self.stagger_s = stagger_s
+        self.max_restarts = max_restarts
+        self.backoff_s = backoff_s
+        self.echo = echo
+        self.poll_s = poll_s
+        self.stop_signal: int | None = None  # the first signal asked to stop
+        self._signals = 0
+        self.failed: list[str] = []  # slots given up on
+
+    # -- signals -------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals += 1
+        self.stop_signal = self.stop_signal or signum
+        name = signal.Signals(signum).name
+        running = [agent for agent in self.agents if _alive(agent)]
+        if self._signals >= 3:
+            self.echo(f"[launch] {name} x{self._signals}: killing {len(running)} agent(s) now (runs lose unsaved work)")
+            for agent in running:
+                _kill_group(agent.process, signal.SIGKILL)
+            return
+        note = " again" if self._signals > 1 else ""
+        self.echo(f"[launch] {name}{note}: asking {len(running)} agent(s) to save their runs and stop "
+                  f"(a third signal kills them)")
+        for agent in running:
+            try:
+                agent.process.send_signal(signum)  # the agent forwards it to its run
+            except ProcessLookupError:
+                pass
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start every slot (staggered), supervise, and return the launcher's exit code."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for position, agent in enumerate(self.agents):
+                if self.stop_signal:
+                    agent.done = True
+                    continue
+                if position:
+                    self._sleep(self.stagger_s)  # agents started together could race for one config
+                if not self.stop_signal:
+                    self._start(agent)
+                else:
+                    agent.done = True
+            while not all(agent.done for agent in self.agents):
+                self._step()
+                time.sleep(self.poll_s)
+            self._echo_logs()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.stop_signal:
+            return 128 + self.stop_signal
+        return 1 if self.failed else 0
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stop_signal:
+            self._step()
+            time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+
+    def _start(self, agent: _Agent) -> None:
+        slot = agent.slot
+        slot.log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(slot.env)
+        with open(slot.log, "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start {' '.join(slot.argv)} "
+                      f"(CUDA_VISIBLE_DEVICES={slot.env.get('CUDA_VISIBLE_DEVICES')!r})\n".encode())
+            log.flush()
+            agent.process = subprocess.Popen(
+                list(slot.argv), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        agent.restart_at = None
+        gpu = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"
+        again = f" (restart {agent.restarts})" if agent.restarts else ""
+        self.echo(f"[{slot.name}] started pid {agent.process.pid} on {gpu}{again}; log {slot.log}")
+
+    def _step(self) -> None:
+        self._echo_logs()
+        now = time.monotonic()
+        for agent in self.agents:
+            if agent.done:
+                continue
+            if agent.process is None:
+                if agent.restart_at is not None and now >= agent.restart_at:
+                    if self.stop_signal:
+                        agent.done = True
+                    else:
+                        self._start(agent)
+                continue
+            code = agent.process.poll()
+            if code is None:
+                continue
+            agent.process = None
+            agent.exit_code = code
+            self._after_exit(agent, code)
+
+    def _after_exit(self, agent: _Agent, code: int) -> None:
+        name = agent.slot.name
+        self._echo_logs()
+        if self.stop_signal:
+            self.echo(f"[{name}] stopped (exit code {code})")
+            agent.done = True
+        elif code in NO_RESTART_CODES:
+            self.echo(f"[{name}] " + ("finished (sweep done or --count reached)" if code == 0
+                                      else f"exited with a usage error (code {code}); not restarted: see {agent.slot.log}"))
+            agent.done = True
+            if code != 0:
+                self.failed.append(name)
+        elif agent.restarts >= self.max_restarts:
+            self.echo(f"[{name}] died (exit code {code}) after {agent.restarts} restart(s): giving up; see {agent.slot.log}")
+            agent.done = True
+            self.failed.append(name)
+        else:
+            delay = self.backoff_s * (2**agent.restarts)
+            agent.restarts += 1
+            agent.restart_at = time.monotonic() + delay
+            self.echo(f"[{name}] died (exit code {code}); restarting in {delay:.0f} s "
+                      f"({agent.restarts}/{self.max_restarts})")
+
+    def _echo_logs(self) -> None:
+        """Show the new summary lines of every agent's log, prefixed with its name."""
+        for agent in self.agents:
+            try:
+                with open(agent.slot.log, "rb") as log:
+                    log.seek(agent.log_offset)
+                    chunk = log.read()
+            except FileNotFoundError:
+                continue
+            if not chunk:
+                continue
+            agent.log_offset += len(chunk)
+            text = agent.log_tail + chunk.decode("utf-8", errors="replace")
+            lines = text.split("\n")
+            agent.log_tail = lines.pop()
+            for line in lines:
+                line = line.rsplit("\r", 1)[-1].rstrip()  # progress bars redraw with \r
+                if line and not line.startswith("===") and _SUMMARY_LINE.search(line):
+                    self.echo(f"[{agent.slot.name}] {line[:200]}")
+
+
+def _alive(agent: _Agent) -> bool:
+    return agent.process is not None and agent.process.poll() is None
+
+
+def _kill_group(process: subprocess.Popen | None, sig: int) -> None:
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, sig)  # the agent and its run (the agent leads its own session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

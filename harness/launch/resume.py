@@ -1,0 +1,69 @@
+"""`--resume`: bring a local sweep back to where its runs can be continued.
+
+After a launcher was stopped (Ctrl-C, SIGTERM, kill -9, a reboot) a sweep can hold runs marked
+running whose process is gone, or be paused/stopped. `resume_sweep` sets the sweep running again,
+marks every such run crashed, and reports the preempted and crashed runs that agents (or SLURM jobs)
+will now resume first, each from its own run folder (same run id, same config, its epoch).
+Runs held by the SLURM launcher (agent `slurm`) are left alone: it re-attaches to their jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+from harness.sweep.store import DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
+
+
+def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> dict[str, list[str]]:
+    """Make the sweep's interrupted runs resumable; returns {'crashed': [...], 'resumable': [...], 'exhausted': [...]}."""
+    sweep = store.get_sweep(sweep_id)
+    if sweep.state in ("paused", "stopped"):
+        store.set_sweep_state(sweep_id, "running")
+        echo(f"[resume] sweep {sweep_id} was {sweep.state}: running again")
+    host = socket.gethostname()
+    crashed = []
+    for run in store.runs(sweep_id, states=("pending", "running")):
+        if run.agent == "slurm" or run.host not in (None, host):
+            continue  # SLURM jobs are re-attached to; runs of other machines are theirs to judge
+        if _alive(run.pid) or _alive(_agent_pid(run.agent, host)):
+            continue
+        store.finish_run(run.id, "crashed", agent=run.agent)
+        crashed.append(run.id)
+    if crashed:
+        echo(f"[resume] {len(crashed)} run(s) marked running had no live process: crashed ({', '.join(crashed)})")
+    runs = store.runs(sweep_id, states=RESUMABLE_STATES)
+    resumable = [run.id for run in runs if run.attempts < max_attempts]
+    exhausted = [run.id for run in runs if run.attempts >= max_attempts]
+    if resumable:
+        echo(f"[resume] {len(resumable)} preempted/crashed run(s) will be resumed first: {', '.join(resumable)}")
+    if exhausted:
+        echo(f"[resume] {len(exhausted)} run(s) used all {max_attempts} attempts and stay as they are: "
+             f"{', '.join(exhausted)}")
+    return {"crashed": crashed, "resumable": resumable, "exhausted": exhausted}
+
+
+def _agent_pid(agent: str | None, host: str) -> int | None:
+    """The pid in a local agent's name (`host:pid`) when that agent ran on this host."""
+    if not agent or ":" not in agent:
+        return None
+    agent_host, _, pid = agent.rpartition(":")
+    return int(pid) if agent_host == host and pid.isdigit() else None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited already
+        with open(f"/proc/{pid}/stat") as stat:
+            return not stat.read().split(") ", 1)[-1].startswith("Z")
+    except OSError:
+        return True

@@ -1,0 +1,461 @@
+"""Sweeps on SLURM through submitit.
+
+A local sweep (`local-xxxxxxxx`): this launcher is the sweep's controller and the only writer of its
+SQLite store. It claims runs (state pending until their job starts), submits each as its own job (a
+`jobs.TrainingJob`, one GPU) with at most `parallel` in flight, and records each job id in the store.
+Compute nodes only write the run folder; every poll the launcher reads `slurm.json` (where the job
+runs: host, SLURM's CUDA_VISIBLE_DEVICES -> the store's gpu column), `metrics.jsonl` (-> history,
+hyperband) and, when the job is over, `summary.json` and the job's result (exit code) -> the run's
+final state. Hyperband losers and runs of a stopped sweep are cancelled (`scancel`: SIGTERM, the run
+saves) and recorded stopped. A job that ends without finishing its run (node lost, external scancel,
+preemption without requeue) leaves the run preempted, and it is resubmitted as a new job that
+resumes from the run folder. Time limits and submitit's `_interrupt()` never get that far: the job
+checkpoints and requeues itself (same job id).
+
+Restarting the launcher (after Ctrl-C, kill -9, or a lost login node) re-attaches: runs that are
+pending/running with a job id are watched again, never resubmitted; a run claimed but killed before
+its job id was saved is found by its job name (`cs-<run id>`) or, failing that, marked crashed and
+resumed. Ctrl-C/SIGTERM only detaches: the jobs keep running.
+
+A W&B sweep (`entity/project/id`): a job array of `wandb agent --forward-signals` tasks; W&B's server
+is the controller (`wandb_array_plan` is what gets submitted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.launch import jobs
+from harness.launch.gpus import LaunchError, sweep_folder_name
+from harness.launch.profiles import Profile
+
+AGENT = "slurm"  # the store's agent column for runs this launcher hands to SLURM
+JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job whose id it never saved
+# sacct states of a job that is over (anything else: still queued, running or being requeued).
+TERMINAL_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                       "BOOT_FAIL", "DEADLINE", "REVOKED")
+DEFAULT_POLL_S = 2.0
+RESULT_GRACE_S = 10.0  # a job over by sacct whose result file is not visible yet (NFS): wait this long
+UNKNOWN_JOB_GRACE_S = 120.0  # a job SLURM no longer knows at all is treated as over after this long
+
+
+def slurm_folder(root: Path, sweep_id: str) -> Path:
+    """submitit's folder for a sweep's jobs (pickles, job stdout/stderr): `<root>/<sweep>/slurm/`."""
+    return Path(root) / sweep_folder_name(sweep_id) / "slurm"
+
+
+def make_executor(folder: Path, profile: Profile, parallel: int | None = None, python: str | None = None):
+    import submitit
+
+    arguments = profile.executor_arguments()
+    if python:
+        arguments["slurm_python"] = python
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **arguments)
+    executor.update_parameters(**profile.submitit_parameters(parallel))
+    return executor
+
+
+def run_env(sweep_id: str, run_id: str, root: Path) -> dict[str, str]:
+    """The environment a run's job adds (same variables as a local agent gives its child runs).
+
+    CUDA_VISIBLE_DEVICES is left alone: SLURM sets it to the GPU it gave the job.
+    """
+    return {
+        "WANDB_RUN_ID": run_id,
+        "WANDB_RUN_GROUP": sweep_id,
+        "HARNESS_SWEEP_ID": sweep_id,
+        "HARNESS_ROOT": str(root),
+        "WANDB_MODE": os.environ.get("WANDB_MODE") or "offline",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def training_job(sweep: Any, run: Any, root: Path, python: str | None = None) -> jobs.TrainingJob:
+    """The submitit callable for one run: the sweep's command expanded for the run's parameters."""
+    from harness.sweep import controller
+    from harness.sweep import spec as sweep_spec
+
+    folder = controller.run_dir(root, sweep.id, run.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = sweep_spec.expand_command(sweep_spec.sweep_command(sweep.spec), run.config,
+                                     program=sweep.spec.get("program"), run_dir=folder, interpreter=python)
+    workdir = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
+    return jobs.TrainingJob(run.id, str(folder), argv, run_env(sweep.id, run.id, root), workdir,
+                            unset_env=["WANDB_SWEEP_ID"])
+
+
+# --- the controller of a local sweep -------------------------------------------------------------
+@dataclasses.dataclass
+class _InFlight:
+    run_id: str
+    job: Any  # submitit.SlurmJob
+    folder: Path
+    submitted: float
+    metrics_stamp: tuple[int, int] | None = None
+    epochs_seen: int = 0
+    placement_seen: tuple[Any, ...] | None = None  # (job id, restart count) last recorded
+    stop_reason: str | None = None
+    over_since: float | None = None  # when sacct first said the job is over
+    unknown_since: float | None = None
+
+
+class SlurmController:
+    """Runs a local sweep's runs as SLURM jobs; see the module docstring."""
+
+    def __init__(self, store: Any, sweep_id: str, profile: Profile, parallel: int | None = None,
+                 count: int | None = None, poll_s: float = DEFAULT_POLL_S, echo: Callable[[str], None] = print,
+                 python: str | None = None, max_job_failures: int = 3) -> None:
+        self.store = store
+        self.sweep_id = sweep_id
+        self.profile = profile
+        self.parallel = parallel or profile.parallel
+        self.count = count
+        self.poll_s = poll_s
+        self.echo = echo
+        self.python = python or profile.python or sys.executable
+        self.max_job_failures = max_job_failures
+        self.root: Path = store.root
+        self.folder = slurm_folder(self.root, sweep_id)
+        self.host = socket.gethostname()
+        self.in_flight: dict[str, _InFlight] = {}
+        self.claimed = 0
+        self.job_failures = 0  # jobs in a row that ended without ever starting their run
+        self.stop_signal: int | None = None
+        self._executor = None
+        self.max_in_flight_seen = 0
+
+    # -- public ------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Drive the sweep until it is over (0), detached by a signal (128+N) or jobs keep failing (1)."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.reattach()
+            code = self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.stop_signal:
+            ids = ", ".join(item.job.job_id for item in self.in_flight.values()) or "none"
+            self.echo(f"[slurm] detached; {len(self.in_flight)} job(s) keep running ({ids}). Re-attach with the same "
+                      f"command; stop them with `harness sweep stop {self.sweep_id}` and re-attach.")
+            return 128 + self.stop_signal
+        return code
+
+    def reattach(self) -> None:
+        """Watch again the jobs of runs this launcher (or an earlier one) submitted."""
+        from harness.sweep.store import ACTIVE_STATES
+
+        import submitit
+
+        for run in self.store.runs(self.sweep_id, states=ACTIVE_STATES):
+            if run.agent != AGENT:
+                continue
+            job_id = run.job_id or self._job_by_name(run.id)
+            if job_id is None:
+                # Claimed, but the launcher died before submitting: hand it out again (same id, config).
+                self.store.finish_run(run.id, "crashed", agent=AGENT)
+                self.echo(f"[slurm] run {run.id} was claimed but never submitted: it will be resubmitted")
+                continue
+            if not run.job_id:
+                self.store.set_job_id(run.id, job_id)
+            job = submitit.SlurmJob(folder=self.folder, job_id=job_id)
+            self.in_flight[run.id] = _InFlight(run.id, job, self._run_folder(run.id), submitted=time.time())
+            self.echo(f"[slurm] re-attached to job {job_id} (run {run.id}, {run.state})")
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _loop(self) -> int:
+        announced = False
+        while True:
+            self._poll()
+            if self.stop_signal:
+                return 0
+            sweep = self.store.get_sweep(self.sweep_id)
+            if sweep.state == "stopped":
+                for item in self.in_flight.values():
+                    self._cancel(item, "sweep stopped")
+            if self.job_failures >= self.max_job_failures:
+                self.echo(f"[slurm] {self.job_failures} jobs in a row ended without starting their run: "
+                          f"not submitting more (job logs: {self.folder})")
+                if not self.in_flight:
+                    return 1
+            else:
+                self._hyperband(sweep)
+                exhausted = self._fill(sweep)
+                if not announced and self.in_flight:
+                    announced = True
+                    self._announce()
+                if not self.in_flight and (exhausted or sweep.state != "running"):
+                    self._goodbye(sweep)
+                    return 0
+            self._sleep(self.poll_s)
+
+    def _fill(self, sweep: Any) -> bool:
+        """Submit runs up to `parallel` in flight; True when no more runs will come from here."""
+        if sweep.state != "running":
+            return True
+        while len(self.in_flight) < self.parallel:
+            if self.count is not None and self.claimed >= self.count:
+                return True
+            run = self.store.claim_run(self.sweep_id, agent=AGENT, host=self.host, gpu=None, state="pending")
+            if run is None:
+                return True
+            self.claimed += 1
+            self._submit(sweep, run)
+        self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.in_flight))
+        return False
+
+    def _submit(self, sweep: Any, run: Any) -> None:
+        executor = self._get_executor()
+        job_callable = training_job(sweep, run, self.root, python=self.python)
+        executor.update_parameters(name=f"{JOB_PREFIX}{run.id}")
+        try:
+            job = executor.submit(job_callable)
+        except Exception as error:  # sbatch refused (partition, resources): the run goes back to the pool
+            self.store.finish_run(run.id, "crashed", agent=AGENT)
+            raise LaunchError(f"sbatch refused the job for run {run.id} (profile {self.profile.name!r}): {error}") from None
+        self.store.set_job_id(run.id, job.job_id)
+        self.in_flight[run.id] = _InFlight(run.id, job, self._run_folder(run.id), submitted=time.time())
+        params = " ".join(f"{key}={value}" for key, value in run.config.items())
+        what = f"resumes (attempt {run.attempts})" if run.attempts > 1 else "new"
+        self.echo(f"[slurm] job {job.job_id}: run {run.id} ({what}) {params}")
+
+    def _poll(self) -> None:
+        if not self.in_flight:
+            return
+        states = job_states([item.job.job_id for item in self.in_flight.values()])
+        now = time.time()
+        for item in list(self.in_flight.values()):
+            self._sync(item)
+            state = states.get(item.job.job_id)
+            over = _result_exists(item.job) or (state is not None and state.split()[0] in TERMINAL_JOB_STATES)
+            if state is None and not _result_exists(item.job):
+                item.unknown_since = item.unknown_since or now
+                over = now - item.unknown_since > UNKNOWN_JOB_GRACE_S and now - item.submitted > UNKNOWN_JOB_GRACE_S
+            else:
+                item.unknown_since = None
+            if not over:
+                reply = self.store.heartbeat(item.run_id, agent=AGENT)
+                if reply == "stop" and item.stop_reason is None:
+                    self._cancel(item, "stop requested")
+                continue
+            item.over_since = item.over_since or now
+            if not _result_exists(item.job) and now - item.over_since < RESULT_GRACE_S and not (state or "").startswith("CANCELLED"):
+                continue  # the result file may still be on its way
+            self._finish(item, state)
+
+    def _sync(self, item: _InFlight) -> bool:
+        """Run folder -> store: placement (host, GPU) and metrics. True when new epochs arrived."""
+        placement = jobs.read_placement(item.folder)
+        if placement and str(placement.get("job_id")) == str(item.job.job_id):
+            key = (placement.get("job_id"), placement.get("restart_count"))
+            if key != item.placement_seen:
+                item.placement_seen = key
+                gpu = placement.get("cuda_visible_devices")
+                self.store.mark_started(item.run_id, host=placement.get("host"), gpu=gpu)
+                again = f", restart {placement.get('restart_count')}" if placement.get("restart_count") else ""
+                self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} running on {placement.get('host')} "
+                          f"GPU {gpu}{again}")
+        path = item.folder / "metrics.jsonl"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        if stamp == item.metrics_stamp:
+            return False
+        item.metrics_stamp = stamp
+        from harness.sweep import controller
+
+        rows = controller.read_history(item.folder)
+        self.store.record_history(item.run_id, rows)
+        grew = len(rows) > item.epochs_seen
+        item.epochs_seen = len(rows)
+        return grew
+
+    def _hyperband(self, sweep: Any) -> None:
+        if not sweep.spec.get("early_terminate") or not self.in_flight:
+            return
+        from harness.sweep import controller
+
+        try:
+            to_stop = controller.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
+        except ValueError as error:
+            self.echo(f"[slurm] early_terminate ignored: {error}")
+            return
+        for run_id in to_stop:
+            item = self.in_flight.get(run_id)
+            if item is not None and item.stop_reason is None:
+                self.store.request_stop(run_id)
+                self._cancel(item, "hyperband")
+
+    def _cancel(self, item: _InFlight, reason: str) -> None:
+        if item.stop_reason is not None:
+            return
+        item.stop_reason = reason
+        self.echo(f"[slurm] cancelling job {item.job.job_id} (run {item.run_id}): {reason}")
+        item.job.cancel(check=False)  # scancel: SIGTERM to the run, which saves and exits
+
+    def _finish(self, item: _InFlight, job_state: str | None) -> None:
+        from harness.sweep import controller
+
+        self._sync(item)
+        summary = controller.read_summary(item.folder)
+        exit_code = None
+        error = ""
+        if _result_exists(item.job):
+            try:
+                result = item.job.result()
+                exit_code = int(result["exit_code"]) if isinstance(result, dict) else int(result)
+            except Exception as failure:  # the job's own Python failed (not the run): keep its message
+                error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
+        placement = jobs.read_placement(item.folder)
+        started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        if exit_code is not None:
+            state = controller.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
+            self.job_failures = 0
+        elif summary and summary.get("status") == "finished":
+            state = "finished"
+        elif item.stop_reason is not None:
+            state = "stopped"
+        elif not started_here:
+            state = "failed"  # the job never started the run: its setup, Python or node is broken
+            self.job_failures += 1
+            error = error or f"job {item.job.job_id} ended ({job_state or 'unknown'}) before starting the run"
+        else:
+            state = "preempted"  # killed from outside mid-run: a new job resumes it from its folder
+        self.store.finish_run(item.run_id, state, summary, exit_code=exit_code, agent=AGENT)
+        del self.in_flight[item.run_id]
+        best = self.store.get_run(item.run_id).best_metric
+        metric = f", best {best:.4g}" if best is not None else ""
+        detail = f": {error} (see {item.job.paths.stderr})" if error else ""
+        self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} {state} "
+                  f"(job {job_state or 'done'}, exit {exit_code}){metric}{detail}")
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _get_executor(self):
+        if self._executor is None:
+            self._executor = make_executor(self.folder, self.profile, self.parallel, python=self.python)
+        return self._executor
+
+    def _run_folder(self, run_id: str) -> Path:
+        from harness.sweep import controller
+
+        return controller.run_dir(self.root, self.sweep_id, run_id)
+
+    def _job_by_name(self, run_id: str) -> str | None:
+        try:
+            listing = subprocess.run(["squeue", "-h", "-n", f"{JOB_PREFIX}{run_id}", "-o", "%A"],
+                                     capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        ids = listing.stdout.split()
+        return ids[0] if ids else None
+
+    def _announce(self) -> None:
+        self.echo(f"[slurm] watch: squeue -n <job name cs-RUN> | squeue -u $USER; "
+                  f"sacct -X -o JobID,JobName%20,State,Elapsed,AllocTRES%40; harness status {self.sweep_id}; "
+                  f"job logs in {self.folder}")
+
+    def _goodbye(self, sweep: Any) -> None:
+        sweep = self.store.get_sweep(self.sweep_id)  # the last claim may have just finished it
+        counts = self.store.counts(self.sweep_id)
+        summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
+        self.echo(f"[slurm] sweep {self.sweep_id} is {sweep.state}: {summary or 'no runs'}")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_signal = self.stop_signal or signum
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.stop_signal:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: sacct state} for these jobs (one sacct call); jobs sacct does not list yet are absent.
+
+    Falls back to squeue when sacct fails (no accounting): then a job that left the queue is absent.
+    """
+    if not job_ids:
+        return {}
+    command = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)]
+    try:
+        listing = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        listing = None
+    states: dict[str, str] = {}
+    if listing is not None and listing.returncode == 0:
+        for line in listing.stdout.splitlines():
+            job_id, _, state = line.partition("|")
+            if job_id:
+                states[job_id.strip()] = state.strip()
+        return states
+    try:
+        queue = subprocess.run(["squeue", "-h", "-o", "%A|%T", "-j", ",".join(job_ids)],
+                               capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    for line in queue.stdout.splitlines():
+        job_id, _, state = line.partition("|")
+        states[job_id.strip()] = state.strip()
+    return states
+
+
+def _result_exists(job: Any) -> bool:
+    return job.paths.result_pickle.exists()
+
+
+# --- W&B sweeps: a job array of agents -------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WandbArrayPlan:
+    """What `submit_wandb_array` submits: the executor parameters, and each task's command and env."""
+
+    folder: Path
+    executor_arguments: dict[str, Any]
+    parameters: dict[str, Any]
+    tasks: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    log_dir: Path
+
+
+def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int | None = None,
+                     parallel: int | None = None, count: int | None = None, python: str | None = None) -> WandbArrayPlan:
+    """Pure: the job array for a W&B sweep (`entity/project/id`), `tasks` agents (default: parallel)."""
+    python = python or profile.python or sys.executable
+    parallel = parallel or profile.parallel
+    tasks = tasks or parallel
+    if tasks < 1:
+        raise LaunchError(f"a W&B sweep on SLURM needs at least one task, got {tasks}")
+    count_args = ("--count", str(count)) if count is not None else ()
+    argv = (python, "-m", "wandb", "agent", "--forward-signals", *count_args, sweep_path)
+    parameters = profile.submitit_parameters(parallel)
+    parameters["name"] = f"{JOB_PREFIX}wandb-{sweep_folder_name(sweep_path)}"
+    # W&B's agent needs its server: no WANDB_MODE here (offline would break the sweep). SLURM sets
+    # CUDA_VISIBLE_DEVICES; HARNESS_ROOT says where the runs' folders go.
+    env = {"HARNESS_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    return WandbArrayPlan(folder=slurm_folder(root, sweep_path), executor_arguments=profile.executor_arguments(),
+                          parameters=parameters, tasks=tasks, argv=argv,
+                          env=env, log_dir=Path(root) / sweep_folder_name(sweep_path) / "agents")
+
+
+def submit_wandb_array(plan: WandbArrayPlan, echo: Callable[[str], None] = print) -> list[Any]:
+    """Submit the plan's job array (`executor.map_array`); returns the submitit jobs."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=plan.folder, cluster="slurm", **plan.executor_arguments)
+    executor.update_parameters(**plan.parameters)
+    task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=os.getcwd(), log_dir=str(plan.log_dir))
+    array = executor.map_array(task, list(range(plan.tasks)))
+    ids = ", ".join(job.job_id for job in array)
+    echo(f"[slurm] W&B sweep: job array of {plan.tasks} `wandb agent` task(s): {ids}")
+    echo(f"[slurm] watch: squeue -u $USER; sacct -X -o JobID,State,Elapsed; agent logs in {plan.log_dir}")
+    return array
