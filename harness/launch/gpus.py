@@ -28,11 +28,13 @@ from harness.errors import HarnessError
 # `entity/project/sweep_id`: a W&B sweep (driven by `wandb agent`); anything else is a local sweep id.
 _WANDB_SWEEP = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9]+$")
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):")
-# Lines of an agent's log worth showing on the launcher's terminal (the rest stays in the log).
+# An agent's log holds its own one-line reports (a run's output goes to the run folder); `wandb agent`
+# adds its own chatter. Shown on the terminal: lines saying what happened, minus the agent's prefix.
 _SUMMARY_LINE = re.compile(
-    r"(claim|resum|start|finish|fail|crash|preempt|stop|cancel|error|exception|traceback|done|agent|sweep)",
+    r"(run |claim|resum|start|finish|fail|crash|preempt|stop|cancel|error|exception|traceback|done|sweep|waiting)",
     re.IGNORECASE,
 )
+_AGENT_PREFIX = re.compile(r"^\[agent [^\]]*\]\s*")
 # Exit codes that restarting cannot fix: 0 (the sweep is done or --count reached), 2 (a usage error).
 NO_RESTART_CODES = (0, 2)
 PR_SET_PDEATHSIG = 1
@@ -175,7 +177,8 @@ class Supervisor:
         echo: Callable[[str], None] = print,
         poll_s: float = 0.2,
     ) -> None:
-        self.agents = [_Agent(slot) for slot in slots]
+        # Logs are appended to across launches: show only what this launch's agents write.
+        self.agents = [_Agent(slot, log_offset=slot.log.stat().st_size if slot.log.exists() else 0) for slot in slots]
         self.stagger_s = stagger_s
         self.max_restarts = max_restarts
         self.backoff_s = backoff_s
@@ -316,7 +319,7 @@ class Supervisor:
             for line in lines:
                 line = line.rsplit("\r", 1)[-1].rstrip()  # progress bars redraw with \r
                 if line and not line.startswith("===") and _SUMMARY_LINE.search(line):
-                    self.echo(f"[{agent.slot.name}] {line[:200]}")
+                    self.echo(f"[{agent.slot.name}] {_AGENT_PREFIX.sub('', line)[:200]}")
 
 
 def _alive(agent: _Agent) -> bool:
