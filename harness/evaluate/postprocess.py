@@ -142,13 +142,15 @@ def postprocess_mask(
     """One image, one class: (H, W) probabilities -> (H, W) uint8 mask in {0, 1}."""
     import cv2
 
-    mask = (probability > threshold).astype(np.uint8)
+    # float32 whatever the input (the float16 cache or a live prediction): the same comparison everywhere.
+    values = np.asarray(probability, dtype=np.float32)
+    mask = (values > np.float32(threshold)).astype(np.uint8)
     if min_size > 0:
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         keep = stats[:, cv2.CC_STAT_AREA] >= min_size
         keep[0] = False  # label 0 is the background
         mask = keep[labels].astype(np.uint8)
-    if (p_min > 0.0 and float(probability.max()) < p_min) or (area_min > 0 and int(mask.sum()) < area_min):
+    if (p_min > 0.0 and float(values.max()) < p_min) or (area_min > 0 and int(mask.sum()) < area_min):
         mask[:] = 0
     return mask
 
@@ -247,24 +249,32 @@ def search(probabilities: np.ndarray, truth: np.ndarray, space: SearchSpace, pro
     scores = np.empty((classes,) + space.shape, dtype=np.float64)
     bar = tqdm.tqdm(total=classes * len(space.thresholds), desc="post-processing search", unit="threshold", disable=not progress)
     for channel in range(classes):
-        truth_masks = [np.asarray(truth[index, :, :, channel]).astype(bool) for index in range(count)]
-        truth_areas = np.array([mask.sum() for mask in truth_masks], dtype=np.int64)
-        maxima = np.array([float(probabilities[index, :, :, channel].max()) for index in range(count)])
+        # One float32 copy per class: comparisons on float16 are several times slower.
+        values = np.asarray(probabilities[..., channel], dtype=np.float32)
+        truth_pixels = [np.flatnonzero(np.asarray(truth[index, :, :, channel])) for index in range(count)]
+        truth_areas = np.array([pixels.size for pixels in truth_pixels], dtype=np.int64)
+        maxima = np.array([float(values[index].max()) for index in range(count)])
         # Dropped by p_min: (N, P), the same for every threshold and size.
         below_p_min = (p_mins[None, :] > 0.0) & (maxima[:, None] < p_mins[None, :])
         for t_index, threshold in enumerate(space.thresholds):
             kept_area = np.zeros((count, len(sizes)), dtype=np.int64)
             kept_intersection = np.zeros((count, len(sizes)), dtype=np.int64)
             for index in range(count):
-                mask = (probabilities[index, :, :, channel] > threshold).astype(np.uint8)
+                mask = (values[index] > np.float32(threshold)).astype(np.uint8)
                 components, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
                 if components <= 1:
                     continue
                 areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
-                overlaps = np.bincount(labels[truth_masks[index]], minlength=components)[1:].astype(np.int64)
-                kept = areas[None, :] >= sizes[:, None]  # (S, components)
-                kept_area[index] = (kept * areas[None, :]).sum(axis=1)
-                kept_intersection[index] = (kept * overlaps[None, :]).sum(axis=1)
+                # Truth pixels per component: the labels under the truth mask, counted.
+                overlaps = np.bincount(labels.ravel()[truth_pixels[index]], minlength=components)[1:]
+                # Components by decreasing area: those kept by a size are a prefix, so cumulative sums
+                # give the kept area and overlap of every size at once.
+                order = np.argsort(-areas, kind="stable")
+                cumulative_area = np.concatenate(([0], np.cumsum(areas[order])))
+                cumulative_overlap = np.concatenate(([0], np.cumsum(overlaps[order])))
+                kept_count = np.searchsorted(-areas[order], -sizes, side="right")  # areas >= size
+                kept_area[index] = cumulative_area[kept_count]
+                kept_intersection[index] = cumulative_overlap[kept_count]
             # Mask-level rule, broadcast to (N, S, P, A): drop by the largest probability or the kept area.
             dropped = below_p_min[:, None, :, None] | (
                 (area_mins[None, None, None, :] > 0) & (kept_area[:, :, None, None] < area_mins[None, None, None, :])
