@@ -204,6 +204,8 @@ class SlurmController:
         while len(self.in_flight) < self.parallel:
             if self.count is not None and self.claimed >= self.count:
                 return True
+            if self.job_failures and any(item.placement_seen is None for item in self.in_flight.values()):
+                return False  # a job just failed to start its run: submit more only once one is seen to start
             run = self.store.claim_run(self.sweep_id, agent=AGENT, host=self.host, gpu=None, state="pending")
             if run is None:
                 return True
@@ -247,8 +249,9 @@ class SlurmController:
                     self._cancel(item, "stop requested")
                 continue
             item.over_since = item.over_since or now
-            if not _result_exists(item.job) and now - item.over_since < RESULT_GRACE_S and not (state or "").startswith("CANCELLED"):
-                continue  # the result file may still be on its way
+            if not _result_exists(item.job) and (state or "").startswith("COMPLETED") and \
+                    now - item.over_since < RESULT_GRACE_S:
+                continue  # a job that completed wrote its result: on a slow shared filesystem it may lag
             self._finish(item, state)
 
     def _sync(self, item: _InFlight) -> bool:

@@ -1,0 +1,210 @@
+"""Sweeps as jobs of a REAL single-node SLURM (scripts/test_slurm.sh: slurmctld, slurmd, slurmdbd,
+4 fake GPUs that SLURM schedules). Nothing is mocked: sbatch, sacct, scancel, submitit's requeue.
+
+Most runs are tests/launch/fake_train.py (a real program keeping the run-folder contract, seconds per
+run); `test_real_trainer_is_requeued_and_resumes_at_its_epoch` runs the real `harness.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from harness.launch import jobs, profiles, slurm
+from harness.sweep.store import Store
+from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, launch, starts, wait_until
+
+pytestmark = [pytest.mark.slurm]
+
+
+def _sacct(job_ids: list[str]) -> list[dict[str, str]]:
+    listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State,Start,End,AllocTRES",
+                              "-j", ",".join(job_ids)], capture_output=True, text=True, check=True)
+    names = ("job_id", "name", "state", "start", "end", "tres")
+    return [dict(zip(names, line.split("|"))) for line in listing.stdout.splitlines() if line]
+
+
+def _jobs_named(name: str) -> list[str]:
+    listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", "now-1hour"],
+                             capture_output=True, text=True, check=True)
+    return listing.stdout.split()
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    best = current = 0
+    for _, step in events:  # an end at the same second as a start counts first (SLURM's 1 s resolution)
+        current += step
+        best = max(best, current)
+    return best
+
+
+def _stamp(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_profiles_of_the_repository_match_the_test_cluster(slurm_cluster):
+    profile = profiles.load_profile("local")
+    assert profile.partition == slurm_cluster
+    # Over 10 minutes: with less, submitit counts every USR2 (preemption) as a timeout.
+    assert profile.time_min > 10 and profile.gpus_per_job == 1
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_as_jobs_each_on_its_own_gpu_never_more_than_parallel(tmp_path, slurm_cluster):
+    root = tmp_path / "runs"
+    values = [0.1, 0.2, 0.3, 0.4, 0.5]
+    sweep_id = create_sweep(root, fake_sweep_spec(values, epochs=2, epoch_s=1.0))
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "local", "--sweep", sweep_id, "--parallel", "2"], root, log)
+    assert process.wait(timeout=180) == 0, log.read_text()
+    with Store(root) as store:
+        runs = store.runs(sweep_id)
+        assert store.get_sweep(sweep_id).state == "finished"
+    assert sorted(run.config["quality"] for run in runs) == values
+    assert all(run.state == "finished" and run.agent == "slurm" and run.attempts == 1 for run in runs)
+    accounting = {row["job_id"]: row for row in _sacct([run.job_id for run in runs])}
+    intervals = []
+    for run in runs:
+        row = accounting[run.job_id]
+        assert row["name"] == f"cs-{run.id}" and row["state"] == "COMPLETED"
+        assert "gres/gpu=1" in row["tres"]
+        (start,) = starts(root, sweep_id, run.id)
+        # SLURM gave the job one GPU; the run saw it as its only device, and the store recorded it.
+        assert start["slurm_job_id"] == run.job_id
+        assert start["cuda_visible_devices"] in ("0", "1", "2", "3")
+        assert run.gpu == start["cuda_visible_devices"]
+        assert json.loads((root / sweep_id / run.id / "slurm.json").read_text())["cuda_visible_devices"] == run.gpu
+        assert len(run.metric_values) == 2 and run.best_metric == pytest.approx(run.config["quality"])
+        intervals.append((_stamp(row["start"]), _stamp(row["end"])))
+    # Never more than --parallel jobs at once (SLURM's own accounting), and the slots were used.
+    assert _max_overlap(intervals) == 2
+    # Jobs that overlapped in time had different GPUs.
+    for first in runs:
+        for second in runs:
+            a, b = accounting[first.job_id], accounting[second.job_id]
+            if first.id < second.id and _stamp(a["start"]) < _stamp(b["end"]) and _stamp(b["start"]) < _stamp(a["end"]):
+                assert first.gpu != second.gpu
+    text = log.read_text()
+    assert "squeue" in text and "sacct" in text and f"harness status {sweep_id}" in text
+
+
+@pytest.mark.slow
+def test_interrupted_job_is_requeued_and_its_run_resumes_at_its_epoch(tmp_path, slurm_cluster):
+    import submitit
+
+    root = tmp_path / "runs"
+    sweep_id = create_sweep(root, fake_sweep_spec([0.5], epochs=6, epoch_s=1.0))
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "local", "--sweep", sweep_id], root, log)
+    with Store(root) as store:
+        wait_until(lambda: store.runs(sweep_id) and store.runs(sweep_id)[0].job_id, 60, "a submitted job")
+        run = store.runs(sweep_id)[0]
+    wait_until(lambda: len(epochs_logged(root, sweep_id, run.id)) >= 2, 90, "two epochs")
+    job = submitit.SlurmJob(folder=slurm.slurm_folder(root, sweep_id), job_id=run.job_id)
+    job._interrupt()  # what SLURM preemption looks like to submitit: SIGTERM, then USR2
+    assert process.wait(timeout=180) == 0, log.read_text()
+    first, second = starts(root, sweep_id, run.id)
+    # Same SLURM job, requeued once; the second process started after the epoch the first one saved.
+    assert first["slurm_job_id"] == second["slurm_job_id"] == run.job_id
+    assert second["restart_count"] == "1"
+    saved = second["start_epoch"] - 1
+    assert saved >= 2
+    assert epochs_logged(root, sweep_id, run.id) == [1, 2, 3, 4, 5, 6]
+    with Store(root) as store:
+        final = store.get_run(run.id)
+    assert final.state == "finished" and final.attempts == 1 and final.job_id == run.job_id
+    assert "restart 1" in log.read_text()
+    assert _jobs_named(f"cs-{run.id}") == [run.job_id]  # requeued, not resubmitted
+
+
+@pytest.mark.slow
+def test_launcher_killed_and_restarted_reattaches_without_losing_or_duplicating_runs(tmp_path, slurm_cluster):
+    root = tmp_path / "runs"
+    values = [0.2, 0.4, 0.6, 0.8]
+    sweep_id = create_sweep(root, fake_sweep_spec(values, epochs=3, epoch_s=1.5))
+    log = tmp_path / "launch.log"
+    first = launch(["--slurm", "local", "--sweep", sweep_id, "--parallel", "2"], root, log)
+
+    def two_jobs_running() -> bool:
+        with Store(root) as store:
+            return sum(1 for run in store.runs(sweep_id) if run.job_id and run.state == "running") == 2
+
+    wait_until(two_jobs_running, 90, "two running jobs")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    time.sleep(1.0)
+    second = launch(["--slurm", "local", "--sweep", sweep_id, "--parallel", "2"], root, log)
+    assert second.wait(timeout=180) == 0, log.read_text()
+    assert log.read_text().count("re-attached to job") == 2
+    with Store(root) as store:
+        runs = store.runs(sweep_id)
+    assert sorted(run.config["quality"] for run in runs) == values  # none lost, none added
+    for run in runs:
+        assert run.state == "finished" and run.attempts == 1
+        assert len(starts(root, sweep_id, run.id)) == 1  # one process per run: nothing ran twice
+        assert _jobs_named(f"cs-{run.id}") == [run.job_id]  # one job per run
+        assert epochs_logged(root, sweep_id, run.id) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_jobs_that_cannot_start_their_run_fail_fast_and_stop_the_launcher(tmp_path, slurm_cluster):
+    root = tmp_path / "runs"
+    sweep_id = create_sweep(root, fake_sweep_spec([0.1, 0.2, 0.3, 0.4, 0.5], epochs=1, epoch_s=0.1))
+    profiles_file = tmp_path / "slurm.yaml"
+    # A setup line that fails the way a missing module or environment would.
+    profiles_file.write_text("profiles:\n  broken:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
+                             "    time_min: 30\n    parallel: 3\n    setup: ['exit 3']\n")
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "broken", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log)
+    assert process.wait(timeout=150) == 1, log.read_text()
+    with Store(root) as store:
+        runs = store.runs(sweep_id)
+    assert [run.state for run in runs] == ["failed"] * 3  # no more than the 3 that showed the problem
+    assert "before starting the run" in log.read_text() and "jobs in a row" in log.read_text()
+
+
+def test_wandb_sweep_on_slurm_is_a_job_array_of_these_agents(tmp_path):
+    """A W&B server cannot exist here: this checks exactly what the array would run, not W&B itself."""
+    profile = profiles.load_profile("local")
+    plan = slurm.wandb_array_plan("team/proj/abc123", profile, tmp_path, tasks=3, parallel=2, count=4, python="/py")
+    assert plan.tasks == 3
+    assert plan.argv == ("/py", "-m", "wandb", "agent", "--forward-signals", "--count", "4", "team/proj/abc123")
+    assert plan.env == {"HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    assert plan.parameters["slurm_array_parallelism"] == 2
+    assert plan.parameters["gpus_per_node"] == 1 and plan.parameters["slurm_partition"] == "debug"
+    assert plan.parameters["name"] == "cs-wandb-abc123"
+    assert plan.executor_arguments == {"slurm_max_num_timeout": profile.max_requeues}
+    assert plan.folder == tmp_path / "abc123" / "slurm" and plan.log_dir == tmp_path / "abc123" / "agents"
+    task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=str(tmp_path), log_dir=str(plan.log_dir))
+    assert task.stop_signal == signal.SIGTERM  # wandb agent --forward-signals passes it to the run
+
+
+def test_training_job_pickles_only_plain_data(tmp_path):
+    import pickle
+
+    job = jobs.TrainingJob("r1", str(tmp_path / "r1"), ["python", "-m", "harness.train"], {"WANDB_RUN_ID": "r1"},
+                           str(tmp_path), unset_env=["WANDB_SWEEP_ID"])
+    job._process = subprocess.Popen(["sleep", "5"])
+    try:
+        state = pickle.loads(pickle.dumps(job)).__dict__
+    finally:
+        job._process.kill()
+        job._process.wait()
+    assert state["_process"] is None
+    plain = (str, int, float, bool, list, dict, type(None))
+    assert all(isinstance(value, plain) for value in state.values())
+
+
+def test_record_placement_writes_slurm_cuda_visible_devices(tmp_path):
+    placement = jobs.record_placement(tmp_path, environ={"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "3",
+                                                         "SLURM_RESTART_COUNT": "2"})
+    assert jobs.read_placement(tmp_path) == placement
+    assert (placement["job_id"], placement["cuda_visible_devices"], placement["restart_count"]) == ("42", "3", 2)
