@@ -208,3 +208,43 @@ def test_record_placement_writes_slurm_cuda_visible_devices(tmp_path):
                                                          "SLURM_RESTART_COUNT": "2"})
     assert jobs.read_placement(tmp_path) == placement
     assert (placement["job_id"], placement["cuda_visible_devices"], placement["restart_count"]) == ("42", "3", 2)
+
+
+@pytest.mark.slow
+def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_cluster, tiny_config):
+    """The headline with the real `python -m harness.train` (TensorFlow on CPU, tiny generated data):
+    a SLURM job interrupted by submitit is requeued (same job id) and the run goes on from its epoch."""
+    import submitit
+
+    root = tmp_path / "runs"
+    fixed = {key: tiny_config.to_dict()[key] for key in ("data_dir", "cache_dir", "image_size", "batch_size",
+                                                         "filters", "depth", "workers", "augment")}
+    fixed.update({"epochs": 3, "steps_per_epoch": 2, "validation_steps": 1})
+    spec = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
+            "parameters": {"learning_rate": {"values": [0.001]}, **{key: {"value": value} for key, value in fixed.items()}},
+            "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}
+    sweep_id = create_sweep(root, spec)
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "local", "--sweep", sweep_id], root, log)
+    with Store(root) as store:
+        wait_until(lambda: store.runs(sweep_id) and store.runs(sweep_id)[0].job_id, 60, "a submitted job")
+        run = store.runs(sweep_id)[0]
+    wait_until(lambda: len(epochs_logged(root, sweep_id, run.id)) >= 1, 150, "a first epoch of real training")
+    interrupted_at = time.time()
+    submitit.SlurmJob(folder=slurm.slurm_folder(root, sweep_id), job_id=run.job_id)._interrupt()
+    assert process.wait(timeout=300) == 0, log.read_text()
+    folder = root / sweep_id / run.id
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]  # every epoch once, none restarted from 1
+    before = [row["epoch"] for row in rows if _stamp(row["time"]) <= interrupted_at]
+    assert 1 <= len(before) < 3  # interrupted mid-run...
+    assert [row["step"] for row in rows] == [2, 4, 6]  # ...and the optimizer state carried on
+    placement = json.loads((folder / "slurm.json").read_text())
+    assert placement["job_id"] == run.job_id and placement["restart_count"] == 1
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 3
+    with Store(root) as store:
+        final = store.get_run(run.id)
+    assert final.state == "finished" and final.attempts == 1 and len(final.metric_values) == 3
+    assert "resuming run" in (folder / "output.log").read_text()
+    assert _jobs_named(f"cs-{run.id}") == [run.job_id]
