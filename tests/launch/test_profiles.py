@@ -1,0 +1,67 @@
+"""SLURM profiles (jobs/slurm.yaml): what they submit, and errors that name the file, profile and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.launch import profiles
+
+
+def test_repository_profiles_load_and_map_to_submitit_parameters():
+    loaded = profiles.load_profiles()
+    assert "local" in loaded
+    local = loaded["local"]
+    parameters = local.submitit_parameters(parallel=3)
+    assert parameters["slurm_partition"] == "debug"
+    assert parameters["gpus_per_node"] == 1 and parameters["cpus_per_task"] == 1
+    assert parameters["timeout_min"] == local.time_min and parameters["slurm_array_parallelism"] == 3
+    assert local.submitit_parameters()["slurm_array_parallelism"] == local.parallel
+    assert local.executor_arguments() == {"slurm_max_num_timeout": local.max_requeues}
+
+
+def test_the_commented_cluster_example_is_a_valid_profile(tmp_path):
+    text = (profiles.DEFAULT_PROFILES).read_text()
+    lines = text.split("  # example-gpu-cluster:", 1)[1].splitlines()
+    # Uncommenting the example (as jobs/README.md says to) gives a profile that loads.
+    example = ["  example-gpu-cluster:"] + [line.replace("  #", "", 1) for line in lines[1:] if line.startswith("  #")]
+    path = tmp_path / "slurm.yaml"
+    path.write_text("profiles:\n" + "\n".join(example) + "\n")
+    cluster = profiles.load_profile("example-gpu-cluster", path)
+    assert cluster.partition == "gpu" and cluster.gpus_per_job == 1 and cluster.setup
+    assert cluster.submitit_parameters()["slurm_additional_parameters"]["constraint"] == "a100"
+
+
+def test_unknown_key_is_rejected_listing_the_valid_ones(tmp_path):
+    path = tmp_path / "slurm.yaml"
+    path.write_text("profiles:\n  mine:\n    partition: gpu\n    gpu_per_job: 2\n")
+    with pytest.raises(ConfigError) as error:
+        profiles.load_profiles(path)
+    message = str(error.value)
+    assert str(path) in message and "'mine'" in message and "'gpu_per_job'" in message
+    assert "gpus_per_job" in message and "time_min" in message and "setup" in message
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("    time_min: soon\n", "'time_min' must be a whole number"),
+    ("    parallel: 0\n", "'parallel' must be > 0"),
+    ("    setup: [1, 2]\n", "'setup' must be a list of shell lines"),
+    ("    sbatch: exclusive\n", "'sbatch' must be a mapping"),
+])
+def test_bad_values_name_the_key(tmp_path, body, fragment):
+    path = tmp_path / "slurm.yaml"
+    path.write_text("profiles:\n  mine:\n" + body)
+    with pytest.raises(ConfigError, match=fragment):
+        profiles.load_profiles(path)
+
+
+def test_missing_file_and_profile_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        profiles.load_profiles(tmp_path / "nope.yaml")
+    path = tmp_path / "slurm.yaml"
+    path.write_text("profiles:\n  a: {}\n  b: {partition: x}\n")
+    with pytest.raises(ConfigError, match="no SLURM profile 'c'.*profiles there: a, b"):
+        profiles.load_profile("c", path)
+    path.write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        profiles.load_profiles(path)
