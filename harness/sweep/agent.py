@@ -105,7 +105,8 @@ def run_agent(
                 if reason != waiting_said:
                     say(f"waiting: {reason}")
                     waiting_said = reason
-                _sleep(max(poll_s, 0.2), signals)
+                # Idle agents poll slowly (each poll is a claim), but often enough to catch a stale run soon.
+                _sleep(max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4)), signals)
                 continue
             waiting_said = ""
             done += 1

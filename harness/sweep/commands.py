@@ -52,7 +52,9 @@ def create_command(file: Path, root: str | None, backend: str, project: str | No
     with Store(root) as store:
         sweep_id = store.create_sweep(spec, name=name, workdir=os.getcwd())
         root_text = str(store.root)
-    size = _grid_size(spec)
+    from harness.sweep.controller import grid_size
+
+    size = grid_size(spec)
     what = f"{spec['method']}" + (f", {size} runs" if size else "") + (f", run_cap {spec['run_cap']}" if spec.get("run_cap") else "")
     root_arg = f" --root {root}" if root else ""
     click.echo(f"created sweep {sweep_id} ({what}) in {root_text}", err=True)
@@ -191,20 +193,6 @@ def status_command(sweep_id: str | None, root: str | None, watch: bool, interval
                 time.sleep(interval)
         except KeyboardInterrupt:
             pass
-
-
-def _grid_size(spec: dict) -> int | None:
-    if spec.get("method") != "grid":
-        return None
-    size = 1
-    for definition in (spec.get("parameters") or {}).values():
-        if isinstance(definition, dict) and isinstance(definition.get("values"), list):
-            size *= len(definition["values"])
-        elif isinstance(definition, dict) and definition.get("distribution") == "int_uniform":
-            size *= int(definition["max"]) - int(definition["min"]) + 1
-        elif not (isinstance(definition, dict) and "value" in definition):
-            return None
-    return size
 
 
 def register(group: click.Group) -> None:

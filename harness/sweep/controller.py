@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -33,6 +34,18 @@ RESUMABLE_STATES = ("preempted", "crashed")
 def run_dir(root: str | os.PathLike[str], sweep_id: str, run_id: str) -> Path:
     """`<root>/<sweep_id>/<run_id>/`, the run folder of the training contract."""
     return Path(root) / sweep_id / run_id
+
+
+def load_engine() -> Any:
+    """Import the `sweeps` engine and the search modules `next_run` imports on its first call."""
+    from harness.sweep.spec import import_engine
+
+    sweeps = import_engine()
+    import sweeps.bayes_search  # noqa: F401 - next_run imports all three on every call
+    import sweeps.grid_search  # noqa: F401
+    import sweeps.random_search  # noqa: F401
+
+    return sweeps
 
 
 def engine_state(run: "Run", max_attempts: int) -> str:
@@ -74,7 +87,10 @@ def propose(spec: Mapping[str, Any], runs: Sequence["Run"],
 
     sweeps = import_engine()
     metric_name = (spec.get("metric") or {}).get("name") if isinstance(spec.get("metric"), dict) else None
-    suggestion = sweeps.next_run(dict(spec), engine_runs(runs, metric_name, max_attempts))
+    with warnings.catch_warnings():
+        # The GP's fit reports length scales at their bounds on every proposal; it is noise in agent logs.
+        warnings.filterwarnings("ignore", message="The optimal value found for dimension")
+        suggestion = sweeps.next_run(dict(spec), engine_runs(runs, metric_name, max_attempts))
     if suggestion is None:
         return None
     order = list((spec.get("parameters") or {}).keys())
@@ -83,6 +99,25 @@ def propose(spec: Mapping[str, Any], runs: Sequence["Run"],
     params.update({key: value for key, value in values.items() if key not in params})
     info = plain(suggestion.search_info) if suggestion.search_info else None
     return params, info
+
+
+def grid_size(spec: Mapping[str, Any]) -> int | None:
+    """Number of cells of a grid sweep (None: not a grid, or a size this function cannot tell)."""
+    if spec.get("method") != "grid" or not isinstance(spec.get("parameters"), dict):
+        return None
+    size = 1
+    for definition in spec["parameters"].values():
+        if not isinstance(definition, dict):
+            return None
+        if "value" in definition:
+            continue
+        if isinstance(definition.get("values"), list) and "probabilities" not in definition:
+            size *= len(definition["values"])
+        elif definition.get("distribution") == "int_uniform":
+            size *= int(definition["max"]) - int(definition["min"]) + 1
+        else:
+            return None  # q_uniform and the like: let the engine decide
+    return size
 
 
 def runs_to_stop(spec: Mapping[str, Any], runs: Sequence["Run"], max_attempts: int = 5) -> set[str]:

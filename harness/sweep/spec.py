@@ -10,6 +10,7 @@ no parameters). Every problem names its key, e.g. `parameters.learning_rate: ...
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -182,6 +183,7 @@ def import_engine():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*allow_population_by_field_name.*")
         warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
+        warnings.filterwarnings("ignore", message="Support for class-based `config` is deprecated")
         import sweeps
 
     return sweeps
@@ -260,25 +262,35 @@ def _parameter_problems(spec: dict[str, Any]) -> list[str]:
 
 
 def _value_problems(name: str, definition: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
-    """Each concrete value the parameter can take, checked by the training config itself."""
-    fixed = {
-        other: spec["value"]
-        for other, spec in parameters.items()
-        if other != name and isinstance(spec, dict) and "value" in spec and other in harness_config.config_keys()
-    }
-    swept_others = {other for other in parameters if other != name and other not in fixed}
+    """Each concrete value the parameter can take, checked by the training config itself.
+
+    Other parameters take their fixed `value`; a clash with another swept parameter counts only if it
+    happens with every value that parameter can take (the sweep may never draw the bad pair).
+    """
+    keys = harness_config.config_keys()
+    fixed = {other: spec["value"] for other, spec in parameters.items()
+             if other != name and isinstance(spec, dict) and "value" in spec and other in keys}
+    swept_others = {other: _candidates(spec) for other, spec in parameters.items()
+                    if other != name and other not in fixed and other in keys and isinstance(spec, dict)}
     problems = []
     for candidate in _candidates(definition):
-        try:
-            harness_config.apply_overrides(harness_config.Config(), {**fixed, name: candidate},
-                                           source=f"sweep parameter {name}").validate()
-        except ConfigError as error:
-            message = str(error)
-            # A clash with another swept key may never be drawn together; only report clear faults.
-            if any(f"'{other}'" in message or f"{other}=" in message for other in swept_others):
-                continue
-            problems.append(f"parameters.{name}: value {candidate!r}: {message}")
+        message = _config_error({**fixed, name: candidate}, name)
+        if message is None:
+            continue
+        involved = [other for other in swept_others if f"'{other}'" in message or f"{other}=" in message]
+        if involved and any(_config_error({**fixed, name: candidate, **dict(zip(involved, combo))}, name) is None
+                            for combo in itertools.islice(itertools.product(*(swept_others[o] for o in involved)), 256)):
+            continue  # fine with some value of the other swept parameter(s)
+        problems.append(f"parameters.{name}: value {candidate!r}: {message}")
     return problems
+
+
+def _config_error(values: dict[str, Any], name: str) -> str | None:
+    try:
+        harness_config.apply_overrides(harness_config.Config(), values, source=f"sweep parameter {name}").validate()
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def _candidates(definition: dict[str, Any]) -> list[Any]:

@@ -237,6 +237,8 @@ class Store:
 
         if state not in ACTIVE_STATES:
             raise SweepError(f"claim_run: state must be one of {ACTIVE_STATES}, got {state!r}")
+        # Import the engine (about a second) before taking the write lock, not while holding it.
+        controller.load_engine()
         now = time.time()
         with self._write() as db:
             sweep = _sweep_from_row(self._sweep_row(db, sweep_id))
@@ -259,7 +261,11 @@ class Store:
             if sweep.run_cap is not None and len(runs) >= sweep.run_cap:
                 self._finish_if_idle(db, sweep_id, runs, max_attempts)
                 return None
-            proposal = controller.propose(sweep.spec, runs, max_attempts=max_attempts)
+            size = controller.grid_size(sweep.spec)
+            # A grid never re-proposes a cell that exists, so with as many runs as cells it is done;
+            # saying so here spares idle agents an engine call on every poll.
+            exhausted = size is not None and len(runs) >= size
+            proposal = None if exhausted else controller.propose(sweep.spec, runs, max_attempts=max_attempts)
             if proposal is None:
                 self._finish_if_idle(db, sweep_id, runs, max_attempts)
                 return None
