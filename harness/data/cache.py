@@ -31,6 +31,7 @@ import numpy as np
 
 from harness.config import parse_size
 from harness.data import labels as labels_module
+from harness.data import rle as rle_module
 from harness.errors import DataError
 from harness.io import atomic_write_json, read_json
 
@@ -194,17 +195,28 @@ def load_image(path: str | Path, size: str | Sequence[int] | None = None) -> np.
 
 
 def load_example(image_path: str | Path, rles: Sequence[str], size: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its four masks, decoded at the image's own size, then resized to `size`."""
+    """One image and its four masks, decoded at the image's own size, then resized to `size`.
+
+    Masks use nearest-neighbour resizing, done on each decoded plane's transpose (the C-contiguous
+    view RLE decoding gives for free); nearest-neighbour resizing commutes with transposing, so the
+    result equals resizing the (H, W, 4) stack, without a transposing copy at full resolution.
+    """
     import cv2
 
     image = load_image(image_path)
     height, width = image.shape[:2]
-    masks = labels_module.decode_masks(tuple(rles), height, width, Path(image_path).name)
-    if size is not None:
-        target_height, target_width = parse_size(size)
-        if (height, width) != (target_height, target_width):
-            image = cv2.resize(image, (target_width, target_height), interpolation=cv2.INTER_AREA)
-            masks = cv2.resize(masks, (target_width, target_height), interpolation=cv2.INTER_NEAREST)
+    name = Path(image_path).name
+    if size is None or tuple(parse_size(size)) == (height, width):
+        return image, labels_module.decode_masks(tuple(rles), height, width, name)
+    target_height, target_width = parse_size(size)
+    image = cv2.resize(image, (target_width, target_height), interpolation=cv2.INTER_AREA)
+    masks = np.zeros((target_height, target_width, len(rles)), dtype=np.uint8)
+    for class_index, encoded in enumerate(rles):
+        if encoded:
+            label = f"{name}_{labels_module.CLASSES[class_index]}"
+            columns = rle_module.decode(encoded, height, width, label=label).T  # (W, H), C-contiguous
+            small = cv2.resize(columns, (target_height, target_width), interpolation=cv2.INTER_NEAREST)
+            masks[..., class_index] = small.T
     return image, masks
 
 

@@ -109,6 +109,8 @@ def test_encode_matches_a_per_pixel_reference():
         ("0 2", "start 0 is below 1"),
         ("11 3", "past the 3x4 image"),
         ("5 2 1 2", "sorted"),
+        ("99999999999999999999 1", "too large"),
+        ("1 2 3 4 5", "odd count"),
         ("1 3 2 2", "overlap"),
     ],
 )
