@@ -183,9 +183,10 @@ def test_pending_claims_job_ids_and_reattaching(store: Store):
     assert queued.state == "pending"
     store.set_job_id(queued.id, "4242")
     assert [run.id for run in store.runs_with_jobs(sweep_id)] == [queued.id]
-    store.mark_started(queued.id, pid=99, host="node7")
+    store.mark_started(queued.id, pid=99, host="node7", gpu="2")
     started = store.get_run(queued.id)
-    assert (started.state, started.pid, started.host, started.job_id) == ("running", 99, "node7", "4242")
+    assert (started.state, started.pid, started.host, started.gpu, started.job_id) == \
+        ("running", 99, "node7", "2", "4242")
     store.finish_run(queued.id, "finished", exit_code=0)
     assert store.runs_with_jobs(sweep_id) == []
 
