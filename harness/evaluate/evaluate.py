@@ -58,20 +58,21 @@ def score_setting(
 
 
 def _batched_loss_and_soft_dice(probabilities: np.ndarray, truth: np.ndarray, loss_name: str, batch_size: int) -> tuple[float, float]:
-    # Keras averages val_loss and val_dice_coef over batches weighted by their size; do the same so
-    # the numbers compare with metrics.jsonl.
+    # As Keras computes val_loss and val_dice_coef, so the numbers compare with metrics.jsonl: the loss
+    # is averaged over batches weighted by their size, the soft dice (one scalar per batch, counted
+    # once by MeanMetricWrapper) over batches unweighted.
     from harness.run import losses, metrics
 
     loss_function = losses.get_loss(loss_name)
-    total_loss = total_soft = 0.0
+    total_loss = 0.0
+    soft_values = []
     count = len(probabilities)
     for start in range(0, count, batch_size):
         y_pred = np.asarray(probabilities[start:start + batch_size], dtype=np.float32)
         y_true = np.asarray(truth[start:start + batch_size], dtype=np.float32)
-        weight = len(y_pred)
-        total_loss += float(np.asarray(loss_function(y_true, y_pred))) * weight
-        total_soft += metrics.soft_dice(y_pred, y_true) * weight
-    return total_loss / count, total_soft / count
+        total_loss += float(np.asarray(loss_function(y_true, y_pred))) * len(y_pred)
+        soft_values.append(metrics.soft_dice(y_pred, y_true))
+    return total_loss / count, float(np.mean(soft_values))
 
 
 def augment_split(images: np.ndarray, masks: np.ndarray, pipeline_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +158,8 @@ def evaluate_run(
         "plots": {key: str(path.relative_to(run.run_dir)) for key, path in pictures.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    io.atomic_write_json(run.run_dir / EVALUATION_FILE, document)
     document["wandb"] = log_to_wandb(run, document, pictures)
+    io.atomic_write_json(run.run_dir / EVALUATION_FILE, document)
     return document
 
 

@@ -246,13 +246,13 @@ def importance_bars(names: Sequence[str], correlation: Sequence[float], importan
     axes[0].set_xlim(-1, 1)
     axes[0].axvline(0, color="black", linewidth=0.8)
     axes[1].barh(positions, importance, color="tab:blue")
-    axes[1].set_title("importance (|Spearman rank correlation|)")
+    axes[1].set_title("importance (|Spearman rho|; eta for categorical)")
     axes[1].set_xlim(0, 1)
     axes[0].set_yticks(positions)
     axes[0].set_yticklabels(names)
     for axis in axes:
         axis.grid(axis="x", alpha=0.3)
-        axis.invert_yaxis()
+    axes[0].invert_yaxis()  # the axes share y: inverting once puts the most important on top
     figure.tight_layout()
     return _save(figure, path)
 

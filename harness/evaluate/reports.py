@@ -7,7 +7,7 @@ Writes into `<root>/<sweep_id>/report/`:
     report.md                    the same tables in Markdown, with the pictures linked
 
 Parameters that take a single value in the sweep are left out. Numeric parameters are used as
-numbers (on a log10 axis when they are positive and span more than two decades, like learning
+numbers (on a log10 axis when they are positive and span two decades or more, like learning
 rates); categorical ones (strings, booleans) are mapped to positions in the order of the sweep's
 `values`. Correlation is Pearson's r of the (encoded) parameter with the metric, shown for numeric and
 two-level parameters only (a position order of three or more categories means nothing). Importance
@@ -61,7 +61,7 @@ def encode_parameters(configs: Sequence[dict[str, Any]], spec_parameters: dict[s
         if numeric:
             values = np.array([float(value) if value is not None else np.nan for value in raw])
             finite = values[np.isfinite(values)]
-            log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+            log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() >= 100)
             parameters.append(Parameter(name, "numeric", np.log10(values) if log else values, log=log))
         else:
             order = list((spec_parameters.get(name) or {}).get("values") or [])
@@ -159,6 +159,10 @@ def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top:
             position: [(float(level_index), _short(level)) for level_index, level in enumerate(parameter.levels)]
             for position, parameter in enumerate(parameters) if parameter.kind == "categorical"
         }
+        for position, parameter in enumerate(parameters):
+            if parameter.log:  # label a log10 axis with the parameter's own values
+                finite = parameter.values[np.isfinite(parameter.values)]
+                ticks[position] = [(float(value), f"{10 ** value:.3g}") for value in (finite.min(), finite.max())]
         files["parallel_coordinates"] = plots.parallel_coordinates(
             columns, matrix, ticks, metric, folder / "parallel_coordinates.png", color_label=metric_name,
             title=f"sweep {sweep_id}: {len(runs)} runs",
@@ -203,7 +207,8 @@ def _markdown(sweep: Any, runs: Sequence[Any], metric_name: str, header: Sequenc
     if importance_rows:
         lines += ["## Parameters", "", "| parameter | kind | correlation (Pearson) | importance |", "|---|---|---|---|"]
         for row in importance_rows:
-            lines.append(f"| {row['parameter']} | {row['kind']} | {_number(row['correlation'])} | {_number(row['importance'])} |")
+            lines.append(f"| {row['parameter']} | {row['kind']} | {_number(row['correlation'])} | "
+                         f"{_number(row['importance'], signed=False)} |")
         lines += ["", "Importance: |Spearman rho| for numeric parameters, the correlation ratio eta for categorical "
                   "ones. With few runs these numbers are noisy.", ""]
     lines += ["## Pictures", ""]
@@ -212,5 +217,7 @@ def _markdown(sweep: Any, runs: Sequence[Any], metric_name: str, header: Sequenc
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float) -> str:
-    return f"{value:+.3f}" if math.isfinite(value) else "n/a"
+def _number(value: float, signed: bool = True) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
