@@ -135,8 +135,8 @@ def test_two_gpus_each_agent_one_distinct_device_and_every_run_records_it(tmp_pa
 @pytest.mark.slow
 def test_ctrl_c_leaves_running_runs_preempted_with_a_checkpoint_and_resume_finishes_them(tmp_path):
     root = tmp_path / "runs"
-    # Runs long enough (6 x 1.5 s) that both are still running when the second one logs its first epoch.
-    sweep_id = create_sweep(root, fake_sweep_spec([0.3, 0.7], epochs=6, epoch_s=1.5))
+    # Runs long enough (6 x 1.2 s) that both are still running when the second one logs its first epoch.
+    sweep_id = create_sweep(root, fake_sweep_spec([0.3, 0.7], epochs=6, epoch_s=1.2))
     log = tmp_path / "launch.log"
     process = launch(["--gpus", "0,1", "--sweep", sweep_id, "--stagger", "0.2"], root, log)
 
