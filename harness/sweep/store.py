@@ -27,7 +27,7 @@ import sqlite3
 import string
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from harness.errors import SweepError
 from harness.io import runs_root
@@ -149,6 +149,16 @@ class Run:
         return int(self.summary.get("epochs_completed") or len(self.metric_values))
 
 
+class EngineInput(NamedTuple):
+    """What `controller.engine_runs` needs of a run (the same attribute names as `Run`)."""
+
+    id: str
+    config: dict[str, Any]
+    state: str
+    attempts: int
+    metric_values: list[float]
+
+
 class Store:
     """The sweep database under a runs root. Cheap to open; open one per process (not per thread)."""
 
@@ -251,27 +261,30 @@ class Store:
             ).fetchone()
             if resumable is not None:
                 db.execute(
-                    "UPDATE runs SET state = ?, agent = ?, host = ?, gpu = ?, pid = NULL, job_id = NULL, "
+                    # pid stays: the previous attempt's process, for the new holder to wait for (mark_started
+                    # replaces it).
+                    "UPDATE runs SET state = ?, agent = ?, host = ?, gpu = ?, job_id = NULL, "
                     "attempts = attempts + 1, started = ?, ended = NULL, heartbeat = ?, exit_code = NULL, "
                     "stop_requested = 0 WHERE id = ?",
                     (state, agent, host, gpu, now, now, resumable["id"]),
                 )
                 return self._run(db, resumable["id"])
-            runs = self._runs(db, sweep_id)
-            if sweep.run_cap is not None and len(runs) >= sweep.run_cap:
-                self._finish_if_idle(db, sweep_id, runs, max_attempts)
-                return None
+            count = db.execute("SELECT COUNT(*) FROM runs WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
             size = controller.grid_size(sweep.spec)
             # A grid never re-proposes a cell that exists, so with as many runs as cells it is done;
             # saying so here spares idle agents an engine call on every poll.
-            exhausted = size is not None and len(runs) >= size
-            proposal = None if exhausted else controller.propose(sweep.spec, runs, max_attempts=max_attempts)
+            if (sweep.run_cap is not None and count >= sweep.run_cap) or (size is not None and count >= size):
+                self._finish_if_idle(db, sweep_id, max_attempts)
+                return None
+            # Random search ignores the runs; grid needs their configs; bayes also their metric values.
+            runs = [] if sweep.method == "random" else self._engine_inputs(db, sweep_id, sweep.method == "bayes")
+            proposal = controller.propose(sweep.spec, runs, max_attempts=max_attempts)
             if proposal is None:
-                self._finish_if_idle(db, sweep_id, runs, max_attempts)
+                self._finish_if_idle(db, sweep_id, max_attempts)
                 return None
             params, search_info = proposal
             run_id = self._new_run_id(db)
-            seq = 1 + max((run.seq for run in runs), default=0)
+            seq = 1 + db.execute("SELECT COALESCE(MAX(seq), 0) FROM runs WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
             db.execute(
                 "INSERT INTO runs (id, sweep_id, seq, config, state, agent, host, gpu, attempts, created, started, "
                 "heartbeat, search_info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
@@ -429,12 +442,21 @@ class Store:
             if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 return run_id
 
-    def _finish_if_idle(self, db: sqlite3.Connection, sweep_id: str, runs: list[Run], max_attempts: int) -> None:
-        busy = any(run.state in ACTIVE_STATES or (run.state in RESUMABLE_STATES and run.attempts < max_attempts)
-                   for run in runs)
+    def _finish_if_idle(self, db: sqlite3.Connection, sweep_id: str, max_attempts: int) -> None:
+        busy = db.execute(
+            f"SELECT COUNT(*) FROM runs WHERE sweep_id = ? AND (state IN {ACTIVE_STATES} OR "
+            f"(state IN {RESUMABLE_STATES} AND attempts < ?))", (sweep_id, max_attempts)).fetchone()[0]
         if not busy:
             db.execute("UPDATE sweeps SET state = 'finished', updated = ? WHERE id = ? AND state = 'running'",
                        (time.time(), sweep_id))
+
+    def _engine_inputs(self, db: sqlite3.Connection, sweep_id: str, with_metrics: bool) -> list["EngineInput"]:
+        """The few columns the engine reads, without decoding the rest (claims stay fast at 500 runs)."""
+        rows = db.execute("SELECT id, config, state, attempts, metric_values FROM runs WHERE sweep_id = ? "
+                          "ORDER BY seq", (sweep_id,))
+        return [EngineInput(row["id"], json.loads(row["config"]), row["state"], row["attempts"],
+                            json.loads(row["metric_values"]) if with_metrics else [])
+                for row in rows]
 
     def _metric_of_run(self, run_id: str) -> tuple[str | None, str]:
         row = self._db.execute("SELECT sweep_id FROM runs WHERE id = ?", (run_id,)).fetchone()
