@@ -50,7 +50,7 @@ def build_sm_unet_resnet34(
             f"{max(width // DOWNSAMPLING, 1) * DOWNSAMPLING}"
         )
     weights_file = _check_weights_file(weights_path)
-    segmentation_models = _import_segmentation_models()
+    segmentation_models = import_segmentation_models()
     # encoder_weights=None always: the library's 'imagenet' option downloads, which we never do.
     model = segmentation_models.Unet(
         BACKBONE,
@@ -60,7 +60,7 @@ def build_sm_unet_resnet34(
         encoder_weights=None,
     )
     if weights_file is not None:
-        _load_encoder_weights(model, weights_file)
+        load_encoder_weights(model, weights_file)
     return model
 
 
@@ -78,7 +78,8 @@ def _check_weights_file(weights_path: str | os.PathLike[str] | None) -> Path | N
     return path
 
 
-def _import_segmentation_models():
+def import_segmentation_models():
+    """The segmentation_models module, set up for Keras 3 (ConfigError naming the extra when missing)."""
     # segmentation_models picks its Keras at import time from SM_FRAMEWORK; 'tf.keras' is the one that
     # works under Keras 3. It prints a banner on import: keep the CLI's output clean.
     os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
@@ -92,7 +93,13 @@ def _import_segmentation_models():
     return segmentation_models
 
 
-def _load_encoder_weights(model: "keras.Model", weights_file: Path) -> None:
+def load_encoder_weights(model: "keras.Model", weights_file: str | os.PathLike[str]) -> int:
+    """Load a local ImageNet encoder file into `model` by layer name; returns the number of layers loaded.
+
+    The file holds the encoder only (classification_models' `resnet34_imagenet_1000_no_top.h5`, Keras'
+    legacy HDF5 layout); the decoder keeps its random initialisation. A file that matches no layer
+    is a ConfigError, not a silent from-scratch run.
+    """
     import h5py
 
     try:
@@ -109,5 +116,5 @@ def _load_encoder_weights(model: "keras.Model", weights_file: Path) -> None:
             f"config key 'encoder_weights' = '{weights_file}': no layer of the file matches the ResNet34 encoder "
             "(expected classification_models' resnet34_imagenet_1000_no_top.h5 layout)"
         )
-    # By name: the file holds the encoder only; the decoder keeps its random initialisation.
     model.load_weights(str(weights_file), by_name=True)
+    return len(matched)
