@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -157,6 +157,3 @@ def validation_probabilities(
             np.save(handle, probabilities)
     return probabilities
 
-
-def names_for(validation: Validation, positions: Sequence[int]) -> list[str]:
-    return [validation.names[position] for position in positions]
