@@ -256,7 +256,8 @@ def log_to_wandb(run: runs_module.RunInfo, document: Mapping[str, Any], pictures
     from harness.run import tracking
 
     arguments: dict[str, Any] = {
-        "id": os.environ.get("WANDB_RUN_ID") or run.run_id,
+        # The run's own id (config.json), not $WANDB_RUN_ID, which may belong to whatever runs this shell.
+        "id": run.run_id,
         "resume": "allow",
         "dir": str(run.run_dir),
         "project": run.config.wandb_project or None,

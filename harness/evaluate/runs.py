@@ -71,7 +71,8 @@ def validation_split(config: config_module.Config, limit: int = 0) -> Validation
 
     cache = dataset_module.open_or_prepare(config, progress=True)
     _, val_idx = split_module.split_indices(cache.presence, config.val_fraction, config.seed)
-    val_idx = np.sort(np.asarray(val_idx, dtype=np.int64))
+    # In split order, as training's validation dataset iterates it (same batches, same batch metrics).
+    val_idx = np.asarray(val_idx, dtype=np.int64)
     if limit > 0:
         val_idx = val_idx[:limit]
     if val_idx.size == 0:
