@@ -24,18 +24,21 @@ def slot_utilisation(runs: Iterable[Any], window_start: float | None = None,
             intervals.setdefault(run.agent, []).append((float(run.started), float(run.ended)))
     if not intervals:
         return {"slots": 0, "runs": 0, "busy_s": 0.0, "wall_s": 0.0, "utilisation": 0.0,
-                "steady_utilisation": 0.0, "per_slot": {}}
+                "steady_utilisation": 0.0, "mean_gap_s": 0.0, "per_slot": {}}
     first = min(start for spans in intervals.values() for start, _ in spans)
     last = max(end for spans in intervals.values() for _, end in spans)
     start = window_start if window_start is not None else first
     end = window_end if window_end is not None else last
     per_slot = {}
     busy_total = 0.0
+    gaps = []
     for agent, spans in intervals.items():
         busy = _union_length(spans)
         busy_total += busy
         own = max(end for _, end in spans) - min(start for start, _ in spans)
         per_slot[agent] = busy / own if own > 0 else 0.0
+        if len(spans) > 1:
+            gaps.append((own - busy) / (len(spans) - 1))
     wall = max(end - start, 1e-9)
     return {
         "slots": len(intervals),
@@ -44,6 +47,7 @@ def slot_utilisation(runs: Iterable[Any], window_start: float | None = None,
         "wall_s": end - start,
         "utilisation": busy_total / (len(intervals) * wall),
         "steady_utilisation": sum(per_slot.values()) / len(per_slot),
+        "mean_gap_s": sum(gaps) / len(gaps) if gaps else 0.0,  # idle time of a slot between two runs
         "per_slot": per_slot,
     }
 
