@@ -363,9 +363,8 @@ class SlurmController:
         return ids[0] if ids else None
 
     def _announce(self) -> None:
-        self.echo(f"[slurm] watch: squeue -n <job name cs-RUN> | squeue -u $USER; "
-                  f"sacct -X -o JobID,JobName%20,State,Elapsed,AllocTRES%40; harness status {self.sweep_id}; "
-                  f"job logs in {self.folder}")
+        self.echo(f"[slurm] watch: squeue -u $USER | sacct -X -o JobID,JobName%20,State,Elapsed,AllocTRES%40 | "
+                  f"harness status {self.sweep_id} --root {self.root} --watch; job logs in {self.folder}")
 
     def _goodbye(self, sweep: Any) -> None:
         sweep = self.store.get_sweep(self.sweep_id)  # the last claim may have just finished it

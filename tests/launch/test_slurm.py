@@ -248,3 +248,25 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
     assert final.state == "finished" and final.attempts == 1 and len(final.metric_values) == 3
     assert "resuming run" in (folder / "output.log").read_text()
     assert _jobs_named(f"cs-{run.id}") == [run.job_id]
+
+
+@pytest.mark.slow
+def test_hyperband_losers_are_cancelled_and_recorded_stopped(tmp_path, slurm_cluster):
+    root = tmp_path / "runs"
+    spec = fake_sweep_spec([0.9, 0.8, 0.1, 0.2], epochs=6, epoch_s=1.0)
+    spec["early_terminate"] = {"type": "hyperband", "min_iter": 1, "eta": 2}
+    sweep_id = create_sweep(root, spec)
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "local", "--sweep", sweep_id, "--parallel", "4"], root, log)
+    assert process.wait(timeout=180) == 0, log.read_text()
+    with Store(root) as store:
+        runs = {run.config["quality"]: run for run in store.runs(sweep_id)}
+    assert runs[0.9].state == "finished" and len(runs[0.9].metric_values) == 6
+    loser = runs[0.1]
+    assert loser.state == "stopped" and 1 <= len(loser.metric_values) < 6
+    (row,) = _sacct([loser.job_id])
+    assert row["state"].startswith("CANCELLED")
+    # The cancelled run saved on SIGTERM: its summary says so, and its checkpoint holds its last epoch.
+    summary = json.loads((root / sweep_id / loser.id / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["signal"] == "SIGTERM"
+    assert f"cancelling job {loser.job_id} (run {loser.id}): hyperband" in log.read_text()
