@@ -44,7 +44,8 @@ TERMINAL_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL
                        "BOOT_FAIL", "DEADLINE", "REVOKED")
 DEFAULT_POLL_S = 2.0
 RESULT_GRACE_S = 10.0  # a job over by sacct whose result file is not visible yet (NFS): wait this long
-UNKNOWN_JOB_GRACE_S = 120.0  # a job SLURM no longer knows at all is treated as over after this long
+UNKNOWN_JOB_GRACE_S = 120.0
+PREEMPTED_GRACE_S = 60.0  # a job PREEMPTED for this long is not being requeued by SLURM  # a job SLURM no longer knows at all is treated as over after this long
 
 
 def slurm_folder(root: Path, sweep_id: str) -> Path:
@@ -105,6 +106,7 @@ class _InFlight:
     stop_reason: str | None = None
     over_since: float | None = None  # when sacct first said the job is over
     unknown_since: float | None = None
+    preempted_since: float | None = None
 
 
 class SlurmController:
@@ -243,6 +245,13 @@ class SlurmController:
                 over = now - item.unknown_since > UNKNOWN_JOB_GRACE_S and now - item.submitted > UNKNOWN_JOB_GRACE_S
             else:
                 item.unknown_since = None
+            if state is not None and state.startswith("PREEMPTED"):
+                # Requeued jobs leave PREEMPTED within seconds; one still there was cancelled for good
+                # (PreemptMode=CANCEL): over, and its run is resubmitted.
+                item.preempted_since = item.preempted_since or now
+                over = over or now - item.preempted_since > PREEMPTED_GRACE_S
+            else:
+                item.preempted_since = None
             if not over:
                 reply = self.store.heartbeat(item.run_id, agent=AGENT)
                 if reply == "stop" and item.stop_reason is None:
