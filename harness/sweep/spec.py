@@ -200,8 +200,11 @@ def _engine_problems(spec: dict[str, Any]) -> list[str]:
         message = error.message
         if error.validator == "anyOf" and key.startswith("parameters."):
             message += " (a parameter needs `value`, `values`, or `min`/`max` with an optional `distribution`)"
-        elif error.validator == "additionalProperties" and key == "(sweep)":
-            key = "(sweep)"
+        elif error.validator == "additionalProperties":
+            # Name the unexpected key itself (a typo such as `parameter:` for `parameters:`).
+            unexpected = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            if len(unexpected) == 1:
+                key = f"{key}.{unexpected[0]}" if key != "(sweep)" else str(unexpected[0])
         schema_messages.add(error.message)
         problems.append(f"{key}: {message}")
     try:

@@ -134,6 +134,7 @@ def test_a_good_spec_has_no_problems():
          "parameters.learning_rate", "natural-log bounds"),
         ({"method": "bayes", "metric": None}, "metric", "bayes search needs a metric"),
         ({"run_cap": -1}, "run_cap", "minimum"),
+        ({"parameter": {"epochs": {"value": 2}}}, "parameter", "'parameter' was unexpected"),
         ({"command": ["${env}", "${interpreter}", "-m", "harness.train"]}, "command", "passes no parameters"),
         ({"command": ["python", "train.py", "${argz}", "${args}"]}, "command[2]", "unknown macro"),
         ({"command": ["python", "--x=${args}", "${args}"]}, "command[1]", "whole list item"),
