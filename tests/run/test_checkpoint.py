@@ -1,0 +1,112 @@
+"""Checkpoints: a round trip keeps weights and optimizer state; a kill at any point leaves a usable one."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from harness import io
+from harness.errors import HarnessError
+from harness.model.unet import build_unet
+from harness.run import checkpoint, losses
+
+
+@pytest.fixture(scope="module")
+def trained() -> keras.Model:
+    """A tiny UNet after three Adam steps (built once: tracing a train step is the slow part)."""
+    model = build_unet((16, 16, 3), filters=2, depth=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"))
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 16, 16, 3)).astype("float32")
+    masks = (rng.random((2, 16, 16, 4)) > 0.8).astype("float32")
+    for _ in range(3):
+        model.train_on_batch(images, masks)
+    return model
+
+
+def _fresh_model() -> keras.Model:
+    model = build_unet((16, 16, 3), filters=2, depth=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"))
+    return model
+
+
+def test_round_trip_restores_weights_optimizer_and_state(tmp_path, trained):
+    model = trained
+    model.optimizer.learning_rate = 2.5e-4  # as LR-on-plateau would have cut it
+    state = checkpoint.TrainState(epoch=2, batch=0, iterations=3, best_value=0.4, best_epoch=2, learning_rate=2.5e-4,
+                                  callbacks={"reduce_lr": {"wait": 1, "best": 0.4, "cooldown_counter": 0}})
+    checkpoint.save_checkpoint(tmp_path, model, state)
+
+    restored_model = _fresh_model()
+    restored = checkpoint.restore_weights(tmp_path, restored_model)
+    assert restored is not None
+    assert (restored.epoch, restored.best_value, restored.best_epoch, restored.callbacks) == (2, 0.4, 2, state.callbacks)
+    assert int(restored_model.optimizer.iterations.numpy()) == 3
+    assert float(restored_model.optimizer.learning_rate.numpy()) == pytest.approx(2.5e-4)
+    for saved, loaded in zip(model.weights, restored_model.weights):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(loaded))
+    # Adam's moments came back too: the next step is the same step.
+    for saved, loaded in zip(model.optimizer.variables, restored_model.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(loaded))
+
+
+def test_a_run_without_checkpoint_has_no_state(tmp_path):
+    assert checkpoint.load_state(tmp_path) is None
+    assert checkpoint.restore_weights(tmp_path, _fresh_model()) is None
+
+
+def test_leftovers_of_a_killed_save_are_ignored_and_cleaned(tmp_path, trained):
+    model = trained
+    checkpoint.save_checkpoint(tmp_path, model, checkpoint.TrainState(epoch=1, iterations=2))
+    root = checkpoint.checkpoint_root(tmp_path)
+    # A save killed before its commit: a half-written staging folder and a renamed folder LATEST does not name.
+    (root / ".tmp-ckpt-000002-999").mkdir()
+    (root / ".tmp-ckpt-000002-999" / "model.weights.h5").write_bytes(b"torn")
+    (root / "ckpt-000003").mkdir()
+    (root / "ckpt-000003" / "state.json").write_text(json.dumps({"epoch": 9}))
+    assert checkpoint.load_state(tmp_path).epoch == 1
+
+    checkpoint.save_checkpoint(tmp_path, model, checkpoint.TrainState(epoch=2, iterations=4))
+    assert checkpoint.load_state(tmp_path).epoch == 2
+    assert sorted(path.name for path in root.iterdir()) == ["LATEST", "ckpt-000004"]
+
+
+def test_a_pointer_to_a_missing_checkpoint_means_none(tmp_path):
+    root = checkpoint.checkpoint_root(tmp_path)
+    root.mkdir()
+    (root / "LATEST").write_text("ckpt-000007\n")
+    assert checkpoint.latest_checkpoint(tmp_path) is None
+
+
+def test_staged_best_model_is_promoted_only_when_the_checkpoint_vouches_for_it(tmp_path, trained):
+    model = trained
+    (tmp_path / "best.keras").write_bytes(b"model of epoch 2")
+    checkpoint.stage_best(tmp_path, model, epoch=3)  # killed before the epoch-3 checkpoint was committed
+    checkpoint.recover_best(tmp_path, checkpoint.TrainState(epoch=2, best_epoch=2))
+    assert (tmp_path / "best.keras").read_bytes() == b"model of epoch 2"
+    assert not list(tmp_path.glob(".best-*"))
+
+    checkpoint.stage_best(tmp_path, model, epoch=3)  # killed after the commit, before the rename
+    checkpoint.recover_best(tmp_path, checkpoint.TrainState(epoch=3, best_epoch=3))
+    loaded = checkpoint.load_best(tmp_path)
+    images = np.random.default_rng(1).normal(size=(1, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(images)), np.asarray(model(images)), rtol=1e-5)
+
+
+def test_load_best_names_the_missing_file(tmp_path):
+    with pytest.raises(HarnessError, match="best.keras"):
+        checkpoint.load_best(tmp_path)
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_with_each_epoch_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.8}, {"epoch": 3, "loss": 0.7}, {"epoch": 2, "loss": 0.75}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"epoch": 4, "lo')  # torn last line
+    kept = checkpoint.truncate_metrics(tmp_path, epochs_completed=2)
+    assert kept == [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.75}]
+    assert io.read_jsonl(path) == kept
+    checkpoint.append_metrics(tmp_path, {"epoch": 3, "loss": 0.6})
+    assert [row["epoch"] for row in io.read_jsonl(path)] == [1, 2, 3]
