@@ -47,22 +47,32 @@ pid_alive() {  # pid_alive PIDFILE NAME
     [[ "$comm" == "$name"* ]]
 }
 
-stop_pidfile() {  # stop_pidfile PIDFILE NAME
-    local pidfile="$1" name="$2" pid
-    if ! pid_alive "$pidfile" "$name"; then
-        rm -f "$pidfile"
-        return 0
-    fi
-    pid="$(tr -dc '0-9' < "$pidfile")"
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; return 0; }
-        sleep 0.1
+stop_pidfiles() {  # stop_pidfiles PIDFILE:NAME ... (SIGTERM to all at once, then wait for each)
+    local entry pidfile name pid
+    local -a waiting=()
+    for entry in "$@"; do
+        pidfile="${entry%%:*}" name="${entry#*:}"
+        if ! pid_alive "$pidfile" "$name"; then
+            rm -f "$pidfile"
+            continue
+        fi
+        pid="$(tr -dc '0-9' < "$pidfile")"
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        waiting+=("$pid:$name:$pidfile")
     done
-    log "$name did not stop in 10 s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
+    for entry in "${waiting[@]}"; do
+        pid="${entry%%:*}" name="$(cut -d: -f2 <<<"$entry")" pidfile="${entry#*:*:}"
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$name did not stop in 10 s: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    done
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -310,11 +320,10 @@ stop() {
             wait_for 15 "jobs to end" test -z "$(squeue -h -o %A 2>/dev/null)" || log "jobs still listed after 15 s"
         fi
     fi
-    stop_pidfile "$STATE_DIR/pids/slurmd.pid" slurmd
-    stop_pidfile "$STATE_DIR/pids/slurmctld.pid" slurmctld
-    stop_pidfile "$STATE_DIR/pids/slurmdbd.pid" slurmdbd
-    stop_pidfile "$STATE_DIR/mariadb-run/mariadb.pid" mariadbd
-    stop_pidfile "$MUNGE_PID" munged
+    # SLURM's daemons together, then what they use (accounting database, munge).
+    stop_pidfiles "$STATE_DIR/pids/slurmd.pid:slurmd" "$STATE_DIR/pids/slurmctld.pid:slurmctld"
+    stop_pidfiles "$STATE_DIR/pids/slurmdbd.pid:slurmdbd"
+    stop_pidfiles "$STATE_DIR/mariadb-run/mariadb.pid:mariadbd" "$MUNGE_PID:munged"
     log "stopped"
 }
 
