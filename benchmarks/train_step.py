@@ -1,0 +1,126 @@
+"""Training cost on this machine: one train step of the reference UNet, and what a checkpoint adds.
+
+Cases (batch 8, UNet with 8 base filters and depth 4, Adam, bce_dice, the run's metrics):
+- train step at 128x192 and 384x576 (`train_on_batch`, after the first traced step). The reference
+  is the same step compiled with XLA (`jit_compile=True`), measured in the same run at 128x192 only
+  (at 384x576 XLA on CPU takes minutes); ratio = XLA time / default time (>1: leaving XLA off wins).
+- checkpoint save (`harness.run.checkpoint.save_checkpoint`: weights + optimizer state + state.json,
+  fsync'd, renamed atomically) and the best-model save (`stage_best` + `commit_best`, a full .keras
+  file), at 384x576. The reference is one train step at that size: ratio = step time / save time, so
+  a ratio of 0.5 means a checkpoint costs two steps. A run saves one checkpoint per epoch (plus one on
+  a stop signal), and best.keras only when the monitored metric improves.
+
+    python -m benchmarks.train_step [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+BATCH = 8
+FILTERS = 8
+DEPTH = 4
+
+
+def _compiled_model(size: tuple[int, int], jit_compile: bool = False):
+    import keras
+
+    from harness.model.unet import build_unet
+    from harness.run import losses
+
+    keras.utils.set_random_seed(0)
+    model = build_unet((*size, 3), filters=FILTERS, depth=DEPTH)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"),
+        metrics=losses.metric_objects(0.5), jit_compile=jit_compile,
+    )
+    return model
+
+
+def _batch(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    from harness.data.dataset import standardize
+
+    rng = np.random.default_rng(0)
+    images = standardize(rng.integers(0, 256, size=(BATCH, *size, 3), dtype=np.uint8))
+    masks = (rng.random((BATCH, *size, 4)) > 0.85).astype(np.float32)
+    return images, masks
+
+
+def step_seconds(model, size: tuple[int, int], steps: int) -> float:
+    """Median seconds of one train step, after a first (traced) step."""
+    images, masks = _batch(size)
+    model.train_on_batch(images, masks)  # traces the step function
+    timings = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        model.train_on_batch(images, masks)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def save_seconds(model, repeats: int) -> tuple[float, float]:
+    """Median seconds of a checkpoint save and of a best-model save (in a temporary run folder)."""
+    from harness.run import checkpoint
+
+    checkpoint_times, best_times = [], []
+    with tempfile.TemporaryDirectory() as run_dir:
+        for epoch in range(1, repeats + 1):
+            state = checkpoint.TrainState(epoch=epoch, iterations=int(model.optimizer.iterations.numpy()))
+            started = time.perf_counter()
+            checkpoint.save_checkpoint(run_dir, model, state)
+            checkpoint_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            checkpoint.stage_best(run_dir, model, epoch)
+            checkpoint.commit_best(run_dir, epoch)
+            best_times.append(time.perf_counter() - started)
+    return statistics.median(checkpoint_times), statistics.median(best_times)
+
+
+def run(quick: bool = False) -> list[dict]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    steps = 3 if quick else 6
+    small, large = (128, 192), (384, 576)
+    rows = []
+
+    small_seconds = step_seconds(_compiled_model(small), small, steps)
+    xla_seconds = step_seconds(_compiled_model(small, jit_compile=True), small, max(2, steps // 2))
+    rows.append(_row("train step 128x192 b8 f8", small_seconds, "s", xla_seconds, xla_seconds / small_seconds,
+                     "reference: the same step with jit_compile=True (XLA)"))
+
+    large_model = _compiled_model(large)
+    large_seconds = step_seconds(large_model, large, steps)
+    per_pixel = small_seconds * (large[0] * large[1]) / (small[0] * small[1])
+    rows.append(_row("train step 384x576 b8 f8", large_seconds, "s", per_pixel, per_pixel / large_seconds,
+                     "reference: the 128x192 step scaled by pixels (9x)"))
+
+    checkpoint_seconds, best_seconds = save_seconds(large_model, repeats=3 if quick else 5)
+    rows.append(_row("checkpoint save (weights+optimizer, atomic)", checkpoint_seconds, "s", large_seconds,
+                     large_seconds / checkpoint_seconds,
+                     f"reference: one 384x576 train step; a checkpoint costs {checkpoint_seconds / large_seconds:.2f} steps"))
+    rows.append(_row("best.keras save (staged + renamed)", best_seconds, "s", large_seconds, large_seconds / best_seconds,
+                     f"reference: one 384x576 train step; costs {best_seconds / large_seconds:.2f} steps"))
+    return rows
+
+
+def _row(case: str, value: float, unit: str, reference: float, ratio: float, note: str) -> dict:
+    return {"benchmark": "train_step", "case": case, "value": round(value, 4), "unit": unit,
+            "reference": round(reference, 4), "ratio": round(ratio, 3), "note": note}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and saves")
+    args = parser.parse_args()
+    from benchmarks.run import format_table
+
+    print(format_table(run(quick=args.quick)))
+
+
+if __name__ == "__main__":
+    main()
