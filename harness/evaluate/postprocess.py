@@ -142,7 +142,7 @@ def postprocess_mask(
     """One image, one class: (H, W) probabilities -> (H, W) uint8 mask in {0, 1}."""
     import cv2
 
-    # float32 whatever the input (the float16 cache or a live prediction): the same comparison everywhere.
+    # float32 whatever the input dtype: the same comparison everywhere (search, evaluate, predict).
     values = np.asarray(probability, dtype=np.float32)
     mask = (values > np.float32(threshold)).astype(np.uint8)
     if min_size > 0:

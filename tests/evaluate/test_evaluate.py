@@ -46,7 +46,7 @@ def test_postprocess_command_tunes_writes_json_and_prints_the_table(tuned_run: t
 
 @pytest.mark.slow
 def test_postprocess_reuses_cached_predictions_until_the_model_changes(tuned_copy: Path):
-    cached = list((tuned_copy / "cache").glob("val-probabilities-*.npy"))
+    cached = list((tuned_copy / "cache").glob("val-logits-*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).dtype == np.float16
     stamp = cached[0].stat().st_mtime_ns
     again = _invoke("postprocess", tuned_copy, "--trials", "5", "--seed", "1")
@@ -58,7 +58,7 @@ def test_postprocess_reuses_cached_predictions_until_the_model_changes(tuned_cop
     model_time = (tuned_copy / "best.keras").stat().st_mtime_ns + 10**9
     os.utime(tuned_copy / "best.keras", ns=(model_time, model_time))
     assert _invoke("postprocess", tuned_copy, "--mask-rule").exit_code == 0
-    assert [path.name for path in (tuned_copy / "cache").glob("*.npy")] == [f"val-probabilities-{model_time}-{tuned['validation_images']}-none.npy"]
+    assert [path.name for path in (tuned_copy / "cache").glob("*.npy")] == [f"val-logits-{model_time}-{tuned['validation_images']}-none.npy"]
     assert "p_min" in json.loads((tuned_copy / "postprocess.json").read_text())["classes"]["Fish"]
 
 
@@ -155,3 +155,23 @@ def test_commands_report_bad_run_folders_with_exit_code_2(tmp_path: Path):
     assert result.exit_code == 2 and "evaluation.json" in result.output
     result = _invoke("postprocess", empty, "--trials", "3", "--grid")
     assert result.exit_code == 2 and "--trials" in result.output
+
+
+def test_cached_logits_keep_threshold_half_exact():
+    """float16 probabilities would round 0.5 + 1e-4 down to 0.5; float16 logits keep every side of 0.5."""
+    rng = np.random.default_rng(0)
+    edge = np.nextafter(np.float32(0.5), np.float32(1.0))
+    values = np.concatenate([
+        rng.random(4000).astype(np.float32),
+        np.float32(0.5) + rng.uniform(-3e-4, 3e-4, 4000).astype(np.float32),
+        np.array([0.0, 1.0, 0.5, edge, np.nextafter(np.float32(0.5), np.float32(0.0))], dtype=np.float32),
+    ])
+    probabilities = values.reshape(1, -1, 1, 1)
+    logits = runs.encode_logits(probabilities)
+    assert logits.dtype == np.float16
+    back = runs.decode_logits(logits)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back > np.float32(0.5), probabilities > np.float32(0.5))
+    assert ((probabilities.astype(np.float16) > 0.5) != (probabilities > 0.5)).sum() > 100  # what it avoids
+    assert back.ravel()[4000 * 2] == 0.0 and back.ravel()[4000 * 2 + 1] == 1.0
+    np.testing.assert_allclose(back, probabilities, atol=2.5e-4)
