@@ -49,12 +49,7 @@ python -m harness.launch --gpus none --agents 2 --sweep "$sweep_id" --root "$roo
 step "Sweep status"
 harness status "$sweep_id" --root "$root"
 
-best_dir=$(python - "$root" "$sweep_id" <<'PY'
-import sys
-from harness.evaluate import runs
-print(runs.best_run_dir(sys.argv[1], sys.argv[2]))
-PY
-)
+best_dir=$(harness status "$sweep_id" --root "$root" --best)
 echo "best run: $best_dir"
 
 step "Post-processing the best run (per-class threshold and minimum component size)"

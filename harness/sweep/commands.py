@@ -173,16 +173,27 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
 @click.option("--watch", is_flag=True, help="refresh until the sweep is over (Ctrl-C to leave)")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="seconds between refreshes")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="show only the best N runs")
-def status_command(sweep_id: str | None, root: str | None, watch: bool, interval: float, limit: int | None) -> None:
+@click.option("--best", is_flag=True, help="print only the folder of the best finished run (for scripts)")
+def status_command(sweep_id: str | None, root: str | None, watch: bool, interval: float, limit: int | None,
+                   best: bool) -> None:
     """Table of a sweep's runs, best first (without SWEEP_ID: the sweeps in the store)."""
+    from harness import io
     from harness.sweep import status
     from harness.sweep.store import Store
 
     with Store(root) as store:
         if sweep_id is None:
+            if best:
+                raise SweepError("--best needs a SWEEP_ID")
             click.echo(status.sweeps_text(store))
             return
         store.get_sweep(sweep_id)
+        if best:
+            run = status.best_run(store, sweep_id)
+            if run is None:
+                raise SweepError(f"sweep {sweep_id} has no finished run with a metric yet")
+            click.echo(io.runs_root(root) / sweep_id / run.id)
+            return
         if not watch:
             click.echo(status.status_text(store, sweep_id, limit=limit))
             return

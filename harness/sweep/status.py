@@ -17,6 +17,14 @@ def sorted_runs(sweep: Sweep, runs: list[Run]) -> list[Run]:
                                          sign * run.best_metric if run.best_metric is not None else 0.0, run.seq))
 
 
+def best_run(store: Store, sweep_id: str) -> Run | None:
+    """The finished run with the best metric (by the sweep's goal), or None while there is none."""
+    sweep = store.get_sweep(sweep_id)
+    finished = [run for run in store.runs(sweep_id, states=["finished"]) if run.best_metric is not None]
+    ranked = sorted_runs(sweep, finished)
+    return ranked[0] if ranked else None
+
+
 def status_text(store: Store, sweep_id: str, now: float | None = None, limit: int | None = None) -> str:
     """The whole status report of one sweep: a header, the runs table and counts per state."""
     now = time.time() if now is None else now
