@@ -54,7 +54,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], o
     groups = list(CLASSES) + ["mean"]
     series = {}
     for scores in (first, second):
-        label = f"{scores['name']} ({scores['model']})"
+        label = scores["name"] if scores["name"] == scores["model"] else f"{scores['name']} ({scores['model']})"
         series[f"{label} raw"] = [scores["raw"][group] for group in groups]
         series[f"{label} post"] = [scores["post"][group] for group in groups]
     plots.grouped_bars(groups, series, chart, title="validation dice per class: raw (threshold) and post-processed")
