@@ -187,14 +187,16 @@ def train(
     tracker: tracking.Tracker | None = None
     run_callback = None
     try:
+        from harness.data import dataset as dataset_module
+
+        datasets = dataset_module.make_datasets(config)  # first: missing data fails before TensorFlow loads
+
         import keras
 
-        from harness.data import dataset as dataset_module
         from harness.model import build_model
         from harness.run import losses
 
         keras.utils.set_random_seed(config.seed)
-        datasets = dataset_module.make_datasets(config)
         model = build_model(config)
         model.compile(
             optimizer=make_optimizer(config),

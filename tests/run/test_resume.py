@@ -31,11 +31,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @pytest.fixture(scope="module")
 def slow_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """32 generated images cached at 128x192: epochs of 24 one-image batches, long enough to act inside."""
+    """32 generated images cached at 96x144: epochs of 24 one-image batches, long enough to act inside."""
     from harness.data import cache, synth
 
-    data_dir = synth.synthesize(tmp_path_factory.mktemp("resume") / "data", images=32, size=(128, 192), seed=1)
-    return data_dir, cache.prepare(data_dir, (128, 192), workers=1, progress=False)
+    data_dir = synth.synthesize(tmp_path_factory.mktemp("resume") / "data", images=32, size=(96, 144), seed=1)
+    return data_dir, cache.prepare(data_dir, (96, 144), workers=1, progress=False)
 
 
 class Child:
@@ -96,7 +96,7 @@ def _args(root: Path, run_id: str, data: tuple[Path, Path]) -> list[str]:
     data_dir, cache_dir = data
     return [
         "--root", str(root), f"--run_id={run_id}", f"--data_dir={data_dir}", f"--cache_dir={cache_dir}",
-        "--image_size=128x192", "--filters=4", "--depth=3", "--batch_size=1", "--val_fraction=0.25",
+        "--image_size=96x144", "--filters=4", "--depth=3", "--batch_size=1", "--val_fraction=0.25",
         "--augment=flips", "--workers=1", f"--epochs={EPOCHS}", "--learning_rate=0.003",
     ]
 

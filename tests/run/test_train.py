@@ -24,7 +24,9 @@ def learnable_config(tmp_path_factory: pytest.TempPathFactory) -> config_module.
     """The shrunken config on a generated set big enough to learn from in seconds: 96 images at 64x96.
 
     (The session's 24-image set is too small for a UNet to beat the all-empty score on its 5
-    validation images within a test's budget; this one is made the same way, with more images.)
+    validation images within a test's budget; this one is made the same way, with more images.
+    Tried on this machine: with these settings the validation score passes the all-empty score from
+    epoch 8 to 10 on, and stays above it for most later epochs.)
     """
     from harness.data import cache, synth
 
@@ -33,16 +35,17 @@ def learnable_config(tmp_path_factory: pytest.TempPathFactory) -> config_module.
     return config_module.build_config(
         overrides={
             "data_dir": str(data_dir), "cache_dir": str(cache_root), "image_size": "64x96", "val_fraction": 0.25,
-            "filters": 4, "depth": 3, "batch_size": 8, "workers": 1, "augment": "none",
-            "loss": "bce_dice", "learning_rate": 0.01, "epochs": 20, "seed": 42,
+            "filters": 4, "depth": 3, "batch_size": 4, "workers": 1, "augment": "none",
+            "loss": "bce_dice", "learning_rate": 0.01, "epochs": 16, "seed": 42,
         }
     )
 
 
 @pytest.mark.slow
-def test_a_short_run_learns_and_fills_its_run_folder(learnable_config, tmp_path):
+def test_a_short_run_learns_and_fills_its_run_folder(learnable_config, tmp_path, monkeypatch):
     from harness.data import dataset
 
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the real W&B client, writing files only
     run_dir = tmp_path / "single" / "smoke1"
     summary = train.train(learnable_config, run_dir, "smoke1", verbose=0)
 
@@ -82,16 +85,9 @@ def test_a_short_run_learns_and_fills_its_run_folder(learnable_config, tmp_path)
     hparams = accumulator.PluginTagToContent("hparams")
     assert "_hparams_/session_start_info" in hparams
 
-
-@pytest.mark.slow
-def test_wandb_offline_run_logs_per_epoch(learnable_config, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    config = dataclasses.replace(learnable_config, epochs=1, steps_per_epoch=2, validation_steps=1)
-    run_dir = tmp_path / "single" / "wb1"
-    summary = train.train(config, run_dir, "wb1", verbose=0)
-    assert summary["status"] == "finished"
-    (offline,) = (run_dir / "wandb").glob("offline-run-*-wb1")
-    assert (offline / f"run-wb1.wandb").stat().st_size > 0
+    # W&B (offline): one run folder under the run's wandb/, named by the run id.
+    (offline,) = (run_dir / "wandb").glob("offline-run-*-smoke1")
+    assert (offline / "run-smoke1.wandb").stat().st_size > 0
 
 
 def test_a_finished_run_started_again_only_reports(tmp_path):
