@@ -61,7 +61,7 @@ def start_wandb(config: Mapping[str, Any], run_dir: Path, run_id: str, project: 
 class TensorBoardLog:
     """Scalars and the HParams summary of one run, written with TensorBoard's own event writer."""
 
-    def __init__(self, run_dir: Path, hparams: Mapping[str, Any], run_id: str, resume_epoch: int = 0):
+    def __init__(self, run_dir: Path, hparams: Mapping[str, Any], trial_id: str, resume_epoch: int = 0):
         from tensorboard.compat.proto import event_pb2
         from tensorboard.plugins.hparams import api as hparams_api
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -76,7 +76,7 @@ class TensorBoardLog:
             start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
             self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=resume_epoch + 1, session_log=start))
         values = {key: _hparam_value(value) for key, value in hparams.items()}
-        summary = hparams_api.hparams_pb(values, trial_id=run_id)
+        summary = hparams_api.hparams_pb(values, trial_id=trial_id)
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
         self._writer.flush()
 

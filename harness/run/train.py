@@ -214,7 +214,8 @@ def train(
 
         hparams = {key: value for key, value in config.to_dict().items() if key not in ("data_dir", "cache_dir")}
         tracker = tracking.Tracker(
-            tracking.TensorBoardLog(run_dir, hparams, run_id, resume_epoch=state.epoch),
+            # The HParams trial is "<sweep>/<run_id>": unique across sweeps shown in one TensorBoard.
+            tracking.TensorBoardLog(run_dir, hparams, f"{sweep_id or 'single'}/{run_id}", resume_epoch=state.epoch),
             wandb_run if wandb_run is not None else tracking.start_wandb(
                 {**config.to_dict(), "run_id": run_id, "sweep_id": sweep_id}, run_dir, run_id,
                 config.wandb_project, config.wandb_entity,
