@@ -230,7 +230,7 @@ def train(
             validation_data=datasets.val,
             epochs=config.epochs,
             initial_epoch=state.epoch,
-            callbacks=[*controllers, run_callback],
+            callbacks=[make_log_extras(), *controllers, run_callback],
             shuffle=False,  # the dataset shuffles itself, per epoch, from the seed
             verbose=_verbosity(verbose),
         )
@@ -314,6 +314,19 @@ def make_controllers(config: Config, state: checkpoint_module.TrainState) -> lis
         callback.state_name = "reduce_lr"
         controllers.append(callback)
     return controllers
+
+
+def make_log_extras():
+    """A callback that adds `lr` and `epoch` to the epoch's logs, so `monitor` may name them too."""
+    import keras
+
+    class LogExtras(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:  # Keras hands the same dict to the callbacks after this one
+                logs["lr"] = _learning_rate(self.model)
+                logs["epoch"] = epoch + 1
+
+    return LogExtras()
 
 
 def _apply(callback: Any, saved: Mapping[str, Any]) -> None:

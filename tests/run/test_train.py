@@ -118,3 +118,25 @@ def test_a_finished_run_started_again_only_reports(tmp_path):
                            capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 0 and '"status": "finished"' in again.stdout
     assert (run_dir / "summary.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_early_stopping_and_lr_on_plateau_act_on_the_monitor(tiny_config, tmp_path):
+    # Monitoring the learning rate itself (mode max) makes "no improvement" certain: LR-on-plateau
+    # halves it after each flat epoch, and early stopping gives up after two.
+    config = dataclasses.replace(
+        tiny_config, epochs=6, monitor="lr", monitor_mode="max", lr_patience=1, lr_factor=0.5,
+        early_stopping_patience=2, learning_rate=0.001, augment="none",
+    )
+    run_dir = tmp_path / "single" / "plateau1"
+    summary = train.train(config, run_dir, "plateau1", verbose=0)
+    rows = io.read_jsonl(run_dir / "metrics.jsonl")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert [row["lr"] for row in rows] == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert (summary["status"], summary["stopped_early"], summary["epochs_completed"]) == ("finished", True, 3)
+    state = checkpoint.load_state(run_dir)
+    assert state.learning_rate == pytest.approx(2.5e-4)
+    assert state.callbacks["early_stopping"]["wait"] == 2 and state.callbacks["reduce_lr"]["wait"] == 0
+    # Stopped early counts as finished: started again, it only reports.
+    again = train.train(config, run_dir, "plateau1", verbose=0)
+    assert again["status"] == "finished" and len(io.read_jsonl(run_dir / "metrics.jsonl")) == 3
