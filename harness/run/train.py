@@ -207,6 +207,9 @@ def train(
         state = restored or checkpoint_module.TrainState(learning_rate=config.learning_rate)
         checkpoint_module.recover_best(run_dir, restored)
         rows = checkpoint_module.truncate_metrics(run_dir, state.epoch)
+        # The data order of an epoch follows the dataset's epoch counter (fit() advances it once
+        # before the first epoch and after each): setting it to the epochs done gives a resumed run
+        # the batches an uninterrupted one would have had.
         datasets.train.set_epoch(state.epoch)
         if restored is not None:
             where = f"epoch {state.epoch + 1}" + (f" (saved at its batch {state.batch}, restarted from its start)" if state.mid_epoch else "")

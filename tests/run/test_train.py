@@ -140,3 +140,27 @@ def test_early_stopping_and_lr_on_plateau_act_on_the_monitor(tiny_config, tmp_pa
     # Stopped early counts as finished: started again, it only reports.
     again = train.train(config, run_dir, "plateau1", verbose=0)
     assert again["status"] == "finished" and len(io.read_jsonl(run_dir / "metrics.jsonl")) == 3
+
+
+def test_a_resumed_fit_sees_the_data_order_of_an_uninterrupted_one(prepared_cache):
+    """The run calls set_epoch(epochs done) before fit(initial_epoch=...): each epoch gets the same batches."""
+    import keras
+
+    from harness.data import cache, dataset
+
+    opened = cache.open_cache(prepared_cache, (64, 96))
+    inputs = keras.Input((64, 96, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1, activation="sigmoid")(inputs))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+
+    def first_images(initial_epoch: int) -> dict[int, int]:
+        data = dataset.CloudDataset(opened, np.arange(len(opened)), batch_size=4, shuffle=True, seed=3)
+        data.set_epoch(initial_epoch)
+        seen: dict[int, int] = {}
+        spy = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.setdefault(epoch, int(data._order[0])))
+        model.fit(data, epochs=4, initial_epoch=initial_epoch, shuffle=False, verbose=0, callbacks=[spy])
+        return seen
+
+    uninterrupted, resumed = first_images(0), first_images(2)
+    assert len(set(uninterrupted.values())) > 1  # the order does change from epoch to epoch
+    assert resumed == {epoch: uninterrupted[epoch] for epoch in (2, 3)}
