@@ -15,7 +15,6 @@ numbers to RUN_DIR/evaluation.json; the W&B run receives both when W&B is on.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -108,16 +107,7 @@ def evaluate_run(
     augment = augment or (config.augment if config.augment != "none" else "default")
     validation = runs_module.validation_split(config, limit=limit)
     truth = np.asarray(validation.masks)
-    document_params = postprocess_module.load_params(run.run_dir)
-    if document_params is None:
-        print(
-            f"warning: {run.run_dir / postprocess_module.POSTPROCESS_FILE} not found: post-processed scores use the "
-            f"plain threshold {postprocess_module.DEFAULT_THRESHOLD} (run `harness postprocess {run.run_dir}` first)",
-            file=sys.stderr,
-        )
-        params: Mapping[str, Any] = postprocess_module.default_params()
-    else:
-        params = postprocess_module.class_params(document_params)
+    params, tuned = postprocess_module.params_for_run(run.run_dir)
 
     model_holder: dict[str, Any] = {}
 
@@ -151,7 +141,7 @@ def evaluate_run(
         "augment": augment,
         "tta": tta,
         "postprocess": {
-            "source": postprocess_module.POSTPROCESS_FILE if document_params is not None else "default",
+            "source": postprocess_module.POSTPROCESS_FILE if tuned else "default",
             "classes": postprocess_module.class_params(params),
         },
         "results": results,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -380,6 +381,20 @@ def tune_run(
     io.atomic_write_json(run.run_dir / POSTPROCESS_FILE, document)
     plots.search_heatmaps(result.scores, space.thresholds, space.min_sizes, run.run_dir / "plots" / "postprocess_search.png")
     return document
+
+
+def params_for_run(run_dir: str | Path) -> tuple[dict[str, dict[str, float | int]], bool]:
+    """The run's tuned per-class parameters and True; the plain threshold and False (with a warning
+    on stderr) when the run has no postprocess.json yet."""
+    document = load_params(run_dir)
+    if document is None:
+        print(
+            f"warning: {Path(run_dir) / POSTPROCESS_FILE} not found: using the plain threshold {DEFAULT_THRESHOLD} "
+            f"for every class (run `harness postprocess {run_dir}` first)",
+            file=sys.stderr,
+        )
+        return default_params(), False
+    return class_params(document), True
 
 
 def load_params(run_dir: str | Path) -> dict[str, Any] | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io as text_io
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -149,16 +148,7 @@ def predict_run(
     run = runs_module.load_run(run_dir)
     image_names = list_images(images_dir)
     order = submission_order(image_names, sample_submission)
-    document = postprocess_module.load_params(run.run_dir)
-    if document is None:
-        print(
-            f"warning: {Path(run_dir) / postprocess_module.POSTPROCESS_FILE} not found: using the plain threshold "
-            f"{postprocess_module.DEFAULT_THRESHOLD} for every class (run `harness postprocess {run_dir}` first)",
-            file=sys.stderr,
-        )
-        params: Mapping[str, Any] = postprocess_module.default_params()
-    else:
-        params = postprocess_module.class_params(document)
+    params, tuned = postprocess_module.params_for_run(run.run_dir)
     model = runs_module.load_model(run.run_dir)
     size = run.config.image_hw
     images_dir = Path(images_dir)
@@ -186,5 +176,5 @@ def predict_run(
         "images": len(image_names),
         "rows": len(order),
         "non_empty_rows": non_empty,
-        "postprocess": postprocess_module.POSTPROCESS_FILE if document is not None else "default",
+        "postprocess": postprocess_module.POSTPROCESS_FILE if tuned else "default",
     }

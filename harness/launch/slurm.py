@@ -100,13 +100,17 @@ class _InFlight:
     job: Any  # submitit.SlurmJob
     folder: Path
     submitted: float
-    metrics_stamp: tuple[int, int] | None = None
-    epochs_seen: int = 0
+    history: Any = dataclasses.field(init=False)  # controller.HistoryFollower of the run folder
     placement_seen: tuple[Any, ...] | None = None  # (job id, restart count) last recorded
     stop_reason: str | None = None
     over_since: float | None = None  # when sacct first said the job is over
     unknown_since: float | None = None
     preempted_since: float | None = None
+
+    def __post_init__(self) -> None:
+        from harness.sweep import controller
+
+        self.history = controller.HistoryFollower(self.folder)
 
 
 class SlurmController:
@@ -275,22 +279,7 @@ class SlurmController:
                 again = f", restart {placement.get('restart_count')}" if placement.get("restart_count") else ""
                 self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} running on {placement.get('host')} "
                           f"GPU {gpu}{again}")
-        path = item.folder / "metrics.jsonl"
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return False
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        if stamp == item.metrics_stamp:
-            return False
-        item.metrics_stamp = stamp
-        from harness.sweep import controller
-
-        rows = controller.read_history(item.folder)
-        self.store.record_history(item.run_id, rows)
-        grew = len(rows) > item.epochs_seen
-        item.epochs_seen = len(rows)
-        return grew
+        return item.history.sync(self.store, item.run_id)
 
     def _hyperband(self, sweep: Any) -> None:
         if not sweep.spec.get("early_terminate") or not self.in_flight:

@@ -196,8 +196,7 @@ class _Watch:
         self._terminated_at: float | None = None
         self._killed = False
         self._signals_seen = 0
-        self._metrics_stamp: tuple[int, int] | None = None
-        self._epochs_seen = 0
+        self._history = controller.HistoryFollower(self.folder)
         self._last_beat = time.monotonic()
 
     def wait(self, poll_s: float) -> int:
@@ -219,20 +218,7 @@ class _Watch:
 
     def sync_metrics(self) -> bool:
         """Copy metrics.jsonl into the store when it changed; True when it has new epochs."""
-        path = self.folder / "metrics.jsonl"
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return False
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        if stamp == self._metrics_stamp:
-            return False
-        self._metrics_stamp = stamp
-        rows = controller.read_history(self.folder)
-        self.store.record_history(self.run.id, rows)
-        grew = len(rows) > self._epochs_seen
-        self._epochs_seen = len(rows)
-        return grew
+        return self._history.sync(self.store, self.run.id)
 
     def _on_signals(self) -> None:
         if self.signals.count == self._signals_seen:

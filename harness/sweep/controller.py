@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from harness.io import read_json, read_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from harness.sweep.store import Run
+    from harness.sweep.store import Run, Store
 
 RESUMABLE_STATES = ("preempted", "crashed")
 
@@ -168,6 +168,35 @@ def read_history(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
             unnumbered.append(row)
     ordered = [by_epoch[epoch] for epoch in sorted(by_epoch, key=_epoch_key)]
     return ordered + unnumbered
+
+
+class HistoryFollower:
+    """Copies a run folder's metrics.jsonl into the store whenever the file changes.
+
+    Used by the agent (for its child) and by the SLURM controller (for its jobs): both learn a run's
+    progress only from its folder, never from the run itself.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.path = Path(folder) / "metrics.jsonl"
+        self.epochs_seen = 0
+        self._stamp: tuple[int, int] | None = None
+
+    def sync(self, store: "Store", run_id: str) -> bool:
+        """Record the history if metrics.jsonl changed since the last call; True when it has new epochs."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        rows = read_history(self.path.parent)
+        store.record_history(run_id, rows)
+        grew = len(rows) > self.epochs_seen
+        self.epochs_seen = len(rows)
+        return grew
 
 
 def read_summary(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

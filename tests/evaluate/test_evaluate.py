@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from harness import CLASSES
 from harness import io
 from harness.cli import main
-from harness.evaluate import evaluate, postprocess, runs
+from harness.evaluate import evaluate, runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,12 +8,10 @@ run); `test_real_trainer_is_requeued_and_resumes_at_its_epoch` runs the real `ha
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
