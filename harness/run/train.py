@@ -233,7 +233,7 @@ def train(
             validation_data=datasets.val,
             epochs=config.epochs,
             initial_epoch=state.epoch,
-            callbacks=[make_log_extras(), *controllers, run_callback],
+            callbacks=[make_log_extras(config.monitor), *controllers, run_callback],
             shuffle=False,  # the dataset shuffles itself, per epoch, from the seed
             verbose=_verbosity(verbose),
         )
@@ -319,14 +319,21 @@ def make_controllers(config: Config, state: checkpoint_module.TrainState) -> lis
     return controllers
 
 
-def make_log_extras():
-    """A callback that adds `lr` and `epoch` to the epoch's logs, so `monitor` may name them too."""
+def make_log_extras(monitor: str):
+    """A callback that adds `lr` or `epoch` to the epoch's logs when `monitor` names one of them.
+
+    Keras's logs only hold the compiled metrics; early stopping and LR-on-plateau read `monitor`
+    from them, and Keras hands the same dict to every callback after this one.
+    """
     import keras
 
     class LogExtras(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:  # Keras hands the same dict to the callbacks after this one
+            if logs is None:
+                return
+            if monitor == "lr":
                 logs["lr"] = _learning_rate(self.model)
+            elif monitor == "epoch":
                 logs["epoch"] = epoch + 1
 
     return LogExtras()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from harness import cli
 from harness import config as config_module
 from harness.errors import ConfigError
-from harness.run import commands, tracking, train
+from harness.run import tracking, train
 
 REPO = Path(__file__).resolve().parents[2]
 
