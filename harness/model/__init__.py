@@ -37,3 +37,13 @@ def build_model(config: "Config") -> "keras.Model":
 
         return library.build_sm_unet_resnet34(input_shape, config.encoder_weights or None)
     raise ConfigError(f"config key 'model' = {config.model!r} is not one of: unet, sm_unet_resnet34")
+
+
+def describe_model(config: "Config") -> str:
+    """One line for the run's summary: which network, and where its weights started from."""
+    if config.model == "sm_unet_resnet34":
+        from harness.model import library
+
+        return f"sm_unet_resnet34 (segmentation_models UNet, ResNet34 encoder); {library.describe_weights(config.encoder_weights)}"
+    return (f"unet ({config.depth} levels, {config.filters} base filters, "
+            f"batchnorm {'on' if config.batchnorm else 'off'}); trained from scratch")

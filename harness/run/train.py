@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from harness import config as config_module
 from harness import io
+from harness import model as model_module
 from harness.config import Config
 from harness.errors import ConfigError, HarnessError
 from harness.run import checkpoint as checkpoint_module
@@ -383,6 +384,7 @@ class _RunFiles:
             "final": rows[-1] if rows else {},
             "iterations": state.iterations,
             "stopped_early": state.stopped_early,
+            "model": model_module.describe_model(self.config),
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -99,3 +99,17 @@ def test_build_model_uses_the_config():
     assert model.output_shape == (None, 64, 96, 4)
     assert model.count_params() == expected_parameters(4, 3)
     assert model.get_layer("enc1_drop").rate == pytest.approx(0.1)
+
+
+def test_the_summary_line_says_where_the_weights_started(tmp_path):
+    from harness import config as config_module
+    from harness import model as model_module
+
+    unet = config_module.build_config(overrides={"filters": 16, "depth": 3, "image_size": "64x96"})
+    assert model_module.describe_model(unet) == "unet (3 levels, 16 base filters, batchnorm on); trained from scratch"
+    library = config_module.build_config(overrides={"model": "sm_unet_resnet34", "image_size": "64x96"})
+    assert model_module.describe_model(library).endswith("encoder_weights: none (trained from scratch)")
+    weights = tmp_path / "resnet34_imagenet.h5"
+    named = config_module.build_config(overrides={"model": "sm_unet_resnet34", "encoder_weights": str(weights),
+                                                  "image_size": "64x96"})
+    assert str(weights) in model_module.describe_model(named)

@@ -50,6 +50,7 @@ def test_a_short_run_learns_and_fills_its_run_folder(learnable_config, tmp_path,
     summary = train.train(learnable_config, run_dir, "smoke1", verbose=0)
 
     assert summary["status"] == "finished" and summary["epochs_completed"] == learnable_config.epochs
+    assert summary["model"].startswith("unet (") and summary["model"].endswith("trained from scratch")
     rows = io.read_jsonl(run_dir / "metrics.jsonl")
     assert [row["epoch"] for row in rows] == list(range(1, learnable_config.epochs + 1))
     assert set(config_module.LOGGED_METRICS) - {"epoch"} <= set(rows[0])
