@@ -44,23 +44,27 @@ def prepared_cache(synth_dir: Path) -> Path:
     return cache.prepare(synth_dir, CACHE_SIZE, workers=1, progress=False)
 
 
+def tiny_overrides(synth_dir: Path, cache_dir: Path, **changes: object) -> dict[str, object]:
+    """Config values that train in seconds on `synth_dir` (64x96, 2 epochs, a 3-level UNet of 4 filters)."""
+    return {
+        "data_dir": str(synth_dir),
+        "cache_dir": str(cache_dir),
+        "image_size": f"{CACHE_SIZE[0]}x{CACHE_SIZE[1]}",
+        "epochs": 2,
+        "batch_size": 4,
+        "filters": 4,
+        "depth": 3,
+        "workers": 1,
+        "augment": "flips",
+        "steps_per_epoch": 0,
+        **changes,
+    }
+
+
 @pytest.fixture
 def tiny_config(synth_dir: Path, prepared_cache: Path) -> config_module.Config:
-    """A config that trains in seconds on `synth_dir` (64x96, 2 epochs, a 3-level UNet of 4 filters)."""
-    return config_module.build_config(
-        overrides={
-            "data_dir": str(synth_dir),
-            "cache_dir": str(prepared_cache),
-            "image_size": f"{CACHE_SIZE[0]}x{CACHE_SIZE[1]}",
-            "epochs": 2,
-            "batch_size": 4,
-            "filters": 4,
-            "depth": 3,
-            "workers": 1,
-            "augment": "flips",
-            "steps_per_epoch": 0,
-        }
-    )
+    """A config that trains in seconds on `synth_dir` (see `tiny_overrides`)."""
+    return config_module.build_config(overrides=tiny_overrides(synth_dir, prepared_cache))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import config as config_module
-from tests.conftest import CACHE_SIZE
+from tests.conftest import tiny_overrides
 
 SMOKE_RUN_ID = "smoke"
 
@@ -19,20 +19,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, prepa
     """A run folder trained for 2 epochs on the generated data (64x96, a 3-level UNet of 4 filters). Read-only."""
     from harness.run import train
 
-    config = config_module.build_config(
-        overrides={
-            "data_dir": str(synth_dir),
-            "cache_dir": str(prepared_cache),
-            "image_size": f"{CACHE_SIZE[0]}x{CACHE_SIZE[1]}",
-            "epochs": 2,
-            "batch_size": 4,
-            "filters": 4,
-            "depth": 3,
-            "workers": 1,
-            "augment": "flips",
-            "val_fraction": 0.25,
-        }
-    )
+    config = config_module.build_config(overrides=tiny_overrides(synth_dir, prepared_cache, val_fraction=0.25))
     run_dir = tmp_path_factory.mktemp("evaluate-runs") / "single" / SMOKE_RUN_ID
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
