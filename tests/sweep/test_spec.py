@@ -124,7 +124,7 @@ def test_a_good_spec_has_no_problems():
         ({"parameters": {"learning_rate": {"valuez": [1]}}}, "parameters.learning_rate", "needs `value`"),
         ({"parameters": {"learning_rate": {"min": 0.1, "max": 0.01}}}, "parameters.learning_rate", "not less than max"),
         ({"parameters": {"learning_rat": {"values": [0.1]}}}, "parameters.learning_rat", "not a training config key"),
-        ({"parameters": {"optimizer": {"values": ["adam", "adamw"]}}}, "parameters.optimizer", "'adamw'"),
+        ({"parameters": {"optimizer": {"values": ["adam", "adagrad"]}}}, "parameters.optimizer", "'adagrad'"),
         ({"parameters": {"filters": {"values": [8, "many"]}}}, "parameters.filters", "cannot use 'many' as int"),
         ({"method": "random", "parameters": {"filters": {"min": 4.0, "max": 16.0}}}, "parameters.filters",
          "is an integer"),
@@ -185,10 +185,10 @@ def test_a_spec_that_is_not_a_mapping():
 
 def test_validate_file_prefixes_file_and_line(tmp_path: Path):
     path = tmp_path / "s.yaml"
-    path.write_text("method: grid\nmetric:\n  name: val_dice_coef\nparameters:\n  optimizer:\n    values: [adamw]\n"
+    path.write_text("method: grid\nmetric:\n  name: val_dice_coef\nparameters:\n  optimizer:\n    values: [adagrad]\n"
                     "command:\n  - ${env}\n  - ${interpreter}\n  - -m\n  - harness.train\n  - ${args}\n")
     problems = sweep_spec.validate_file(path)
-    assert len(problems) == 1 and problems[0].startswith(f"{path}:5: parameters.optimizer: value 'adamw'")
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:5: parameters.optimizer: value 'adagrad'")
 
 
 def test_cli_validate_exit_codes_and_messages(tmp_path: Path):
@@ -196,13 +196,13 @@ def test_cli_validate_exit_codes_and_messages(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     good.write_text((REPO / "sweeps" / "grid.yaml").read_text())
     bad.write_text((REPO / "sweeps" / "grid.yaml").read_text().replace("values: [adam, nadam]",
-                                                                       "values: [adam, adamw]"))
+                                                                       "values: [adam, adagrad]"))
     runner = CliRunner()
     result = runner.invoke(cli.main, ["sweep", "validate", str(good)])
     assert result.exit_code == 0 and "ok (grid" in result.output
     result = runner.invoke(cli.main, ["sweep", "validate", str(good), str(bad)])
     assert result.exit_code == 2
-    assert "parameters.optimizer: value 'adamw'" in result.output and "1 of 2" in result.output
+    assert "parameters.optimizer: value 'adagrad'" in result.output and "1 of 2" in result.output
     broken = tmp_path / "broken.yaml"
     broken.write_text("method: [grid\n")
     result = runner.invoke(cli.main, ["sweep", "validate", str(broken)])
