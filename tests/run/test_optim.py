@@ -91,6 +91,7 @@ def _signal_at(epoch_index: int, batch_index: int):
     return make
 
 
+@pytest.mark.slow
 def test_a_run_with_the_head_and_a_schedule_resumes_the_schedule_where_it_stopped(tiny_config, tmp_path, monkeypatch):
     config = dataclasses.replace(
         tiny_config, presence_head=True, optimizer="adamw", lr_schedule="onecycle", learning_rate=0.01, epochs=2,

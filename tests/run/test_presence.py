@@ -110,6 +110,7 @@ def _headed_model(config: config_module.Config):
     return model
 
 
+@pytest.mark.slow
 def test_a_headed_model_trains_keeps_the_metric_names_and_survives_save_and_load(tmp_path: Path):
     config = config_module.build_config(overrides={
         "image_size": "32x48", "filters": 2, "depth": 3, "presence_head": True, "presence_loss_weight": 0.25,
@@ -161,3 +162,14 @@ print(json.dumps({{'names': sorted(model.output_names),
     assert loaded["mask"] == 0.0 and loaded["presence"] == 0.0
     assert loaded["loss"] == "MaskLoss"
     assert loaded["optimizer"] == "AdamW" and loaded["schedule"] == "WarmupCosine"
+
+
+def test_compile_arguments_without_the_head_are_the_loss_as_before_unless_weighted():
+    plain = losses.compile_arguments(config_module.build_config(overrides={"loss": "bce_jaccard"}))
+    assert plain["loss"] is losses.bce_jaccard_loss and "loss_weights" not in plain
+    assert [metric.name for metric in plain["metrics"]] == ["dice_coef", "kaggle_dice"]
+    weighted = losses.compile_arguments(config_module.build_config(overrides={"loss_weighting": "present"}))
+    assert isinstance(weighted["loss"], losses.MaskLoss) and not weighted["loss"].from_logits
+    headed = losses.compile_arguments(config_module.build_config(overrides={"presence_head": True, "presence_loss_weight": 2}))
+    assert set(headed["loss"]) == {"mask", "presence"} and headed["loss_weights"] == {"mask": 1.0, "presence": 2.0}
+    assert headed["loss"]["mask"].from_logits
