@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from harness.errors import HarnessError
+from harness.sweep import commands as sweep_commands
 
 
 @click.command("launch", context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,8 @@ from harness.errors import HarnessError
               help="agents sharing each GPU (small models)")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="runs per agent (--gpus), or runs to submit in all (--slurm); default: until the sweep ends")
-@click.option("--root", default=None, help="runs root holding sweeps.db and the run folders [$HARNESS_ROOT or ./runs]")
+@click.option("--root", default=None, help="runs root holding the run folders (and sweeps.db unless --store) [$HARNESS_ROOT or ./runs]")
+@sweep_commands.store_option
 @click.option("--resume", is_flag=True, help="first make the sweep's interrupted (crashed, preempted) runs resumable")
 @click.option("--slurm", "profile_name", default=None, metavar="PROFILE",
               help="submit to SLURM with this profile of jobs/slurm.yaml (e.g. local) instead of running agents here")

@@ -1,4 +1,5 @@
-"""The local sweep store: one SQLite file, `<root>/sweeps.db`, shared by every agent on the machine.
+"""The local sweep store: one SQLite file (`<root>/sweeps.db`, or `--store` / $HARNESS_STORE), shared by every
+agent on the machine.
 
 Why SQLite: transactions with a real lock let many agent processes claim runs at the same instant
 without ever getting the same one, and the file survives any process being killed. The database is in
@@ -41,6 +42,71 @@ TERMINAL_STATES = ("finished", "failed", "stopped")
 DEFAULT_MAX_ATTEMPTS = 5
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _SCHEMA_VERSION = "1"
+
+
+STORE_ENV = "HARNESS_STORE"
+# statfs(2) f_type of filesystems where SQLite's locks (and WAL's shared memory) cannot be trusted:
+# a store there can hand one run to two agents or corrupt itself. Values from linux/magic.h and the
+# vendors' headers.
+NETWORK_FILESYSTEMS = {
+    0x6969: "NFS",
+    0xFF534D42: "CIFS",
+    0xFE534D42: "SMB2",
+    0x517B: "SMB",
+    0x0BD00BD0: "Lustre",
+    0x47504653: "GPFS (IBM Spectrum Scale)",
+    0x00C36400: "CephFS",
+    0x19830326: "BeeGFS",
+    0xAAD7AAEA: "PanFS",
+    0x5346414F: "AFS",
+    0x6B414653: "AFS (kAFS)",
+    0x01021997: "9P",
+    0x7461636F: "OCFS2",
+    0x01161970: "GFS2",
+}
+
+
+def store_path(root: str | os.PathLike[str] | None = None, path: str | os.PathLike[str] | None = None) -> Path:
+    """Where the store is: `path`, else $HARNESS_STORE, else `<runs root>/sweeps.db`.
+
+    Separate from the runs root because on a cluster the run folders belong on a filesystem every node
+    shares while the store must sit on a local disk of the launcher's machine.
+    """
+    chosen = path if path not in (None, "") else os.environ.get(STORE_ENV) or None
+    if chosen is None:
+        return runs_root(root) / DB_NAME
+    chosen = Path(chosen).expanduser().absolute()
+    return chosen / DB_NAME if chosen.is_dir() else chosen
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> int | None:
+    """statfs(2) f_type of the filesystem holding `path` (its nearest existing parent); None off Linux."""
+    import ctypes
+    import ctypes.util
+
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc.statfs(os.fsencode(existing), buffer) != 0:
+        return None
+    # f_type is the first member, a C long (__fsword_t).
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def check_local_filesystem(path: str | os.PathLike[str], magic: int | None = None) -> None:
+    """Refuse a store on a network filesystem (SweepError naming the path, the filesystem and the fix)."""
+    magic = filesystem_type(path) if magic is None else magic
+    name = NETWORK_FILESYSTEMS.get(magic or 0)
+    if name is not None:
+        raise SweepError(
+            f"the sweep store {path} is on {name}, a network filesystem where SQLite's locking is unreliable "
+            "(two agents could claim one run). Keep the run folders there, but put the store on a local disk "
+            f"of the launcher's machine: --store /local/disk/sweeps.db (or ${STORE_ENV})")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -162,10 +228,29 @@ class EngineInput(NamedTuple):
 class Store:
     """The sweep database under a runs root. Cheap to open; open one per process (not per thread)."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, timeout_s: float = 60.0, *,
+                 path: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
+        """Open the store of runs root `root` (see `store_path` for where the file is).
+
+        `read_only`: for commands that only look (`harness status`, reports): the file must exist (a missing
+        store is an error naming the path, never a new empty one), nothing is created, no lock is taken.
+        """
         self.root = runs_root(root)
+        self.path = store_path(self.root, path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise SweepError(f"no sweep store at {self.path}: pass the --root (or --store / $HARNESS_STORE) "
+                                 "the sweep was created with")
+            self._db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=timeout_s,
+                                       isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._metric_cache: dict[str, tuple[str | None, str]] = {}
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_local_filesystem(self.path)
         # isolation_level=None: no implicit transactions; `_write()` opens BEGIN IMMEDIATE itself.
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -177,7 +262,7 @@ class Store:
                 if statement.strip():
                     db.execute(statement)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,))
-        self._metric_cache: dict[str, tuple[str | None, str]] = {}
+        self._metric_cache = {}
 
     def close(self) -> None:
         self._db.close()
@@ -409,6 +494,8 @@ class Store:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the database's write lock from its first statement."""
+        if self.read_only:
+            raise SweepError(f"the sweep store {self.path} was opened read-only (a command that only looks)")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
