@@ -463,6 +463,19 @@ class Store:
             )
         return True
 
+    def release_run(self, run_id: str, agent: str) -> bool:
+        """Hand back a claim whose run never started (e.g. sbatch kept failing): resumable again, and the
+        claim does not count as an attempt. False if the run is no longer `agent`'s active run."""
+        with self._write() as db:
+            row = db.execute("SELECT agent, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+            if row["agent"] != agent or row["state"] not in ACTIVE_STATES:
+                return False
+            db.execute("UPDATE runs SET state = 'preempted', attempts = MAX(attempts - 1, 0), job_id = NULL "
+                       "WHERE id = ?", (run_id,))
+        return True
+
     def set_job_id(self, run_id: str, job_id: str | None) -> None:
         """Remember the cluster job that runs this run (so a restarted controller re-attaches to it)."""
         with self._write() as db:
