@@ -31,7 +31,8 @@ from harness.sweep import commands as sweep_commands
 @click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False), default=None,
               help="SLURM profiles file [$HARNESS_SLURM_PROFILES or jobs/slurm.yaml]")
 @click.option("--stagger", type=float, default=2.0, show_default=True,
-              help="seconds between agent starts (agents started together can get the same first run)")
+              help="seconds between agent starts: W&B hands agents started together the same first run (a "
+                   "local sweep's store never does; there it only spreads the start-up load)")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
               help="restarts of an agent that dies abnormally (back-off 2, 4, 8 ... s)")
 @click.option("--dry-run", is_flag=True, help="print what would be started or submitted, start nothing")
@@ -99,8 +100,12 @@ def _check_local_sweep(root: Path, sweep_id: str, resume: bool) -> None:
 def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, profiles_file: str | None,
                   parallel: int | None, count: int | None, agents: int | None, dry_run: bool) -> None:
     from harness.launch import profiles, slurm
+    from harness.launch.gpus import LaunchError
 
     profile = profiles.load_profile(profile_name, profiles_file)
+    if agents is not None and not wandb:
+        raise LaunchError("--agents with --slurm sets how many `wandb agent` tasks a W&B sweep's job array has; a "
+                          "local sweep runs one job per run: say how many at once with --parallel")
     if wandb:
         plan = slurm.wandb_array_plan(sweep_id, profile, root, tasks=agents, parallel=parallel, count=count)
         if dry_run:

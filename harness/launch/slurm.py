@@ -90,7 +90,8 @@ def run_env(sweep_id: str, run_id: str, root: Path) -> dict[str, str]:
     }
 
 
-def training_job(sweep: Any, run: Any, root: Path, python: str | None = None) -> jobs.TrainingJob:
+def training_job(sweep: Any, run: Any, root: Path, python: str | None = None,
+                 save_timeout_s: float = 240.0) -> jobs.TrainingJob:
     """The submitit callable for one run: the sweep's command expanded for the run's parameters."""
     from harness.sweep import controller
     from harness.sweep import spec as sweep_spec
@@ -101,7 +102,7 @@ def training_job(sweep: Any, run: Any, root: Path, python: str | None = None) ->
                                      program=sweep.spec.get("program"), run_dir=folder, interpreter=python)
     workdir = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
     return jobs.TrainingJob(run.id, str(folder), argv, run_env(sweep.id, run.id, root), workdir,
-                            unset_env=["WANDB_SWEEP_ID"])
+                            save_timeout_s=save_timeout_s, unset_env=["WANDB_SWEEP_ID"])
 
 
 # --- the controller of a local sweep -------------------------------------------------------------
@@ -243,7 +244,8 @@ class SlurmController:
 
     def _submit(self, sweep: Any, run: Any) -> None:
         executor = self._get_executor()
-        job_callable = training_job(sweep, run, self.root, python=self.python)
+        job_callable = training_job(sweep, run, self.root, python=self.python,
+                                    save_timeout_s=self.profile.save_timeout_s())
         executor.update_parameters(name=f"{JOB_PREFIX}{run.id}")
         job = None
         for attempt in range(1, SUBMIT_TRIES + 1):
@@ -549,6 +551,7 @@ class WandbArrayPlan:
     argv: tuple[str, ...]
     env: dict[str, str]
     log_dir: Path
+    save_timeout_s: float = 240.0  # how long a task waits for its agent's run to save after SLURM's warning
 
 
 def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int | None = None,
@@ -568,7 +571,8 @@ def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int |
     env = {"HARNESS_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     return WandbArrayPlan(folder=slurm_folder(root, sweep_path), executor_arguments=profile.executor_arguments(),
                           parameters=parameters, tasks=tasks, argv=argv,
-                          env=env, log_dir=Path(root) / sweep_folder_name(sweep_path) / "agents")
+                          env=env, log_dir=Path(root) / sweep_folder_name(sweep_path) / "agents",
+                          save_timeout_s=profile.save_timeout_s())
 
 
 def submit_wandb_array(plan: WandbArrayPlan, echo: Callable[[str], None] = print) -> list[Any]:
@@ -577,7 +581,8 @@ def submit_wandb_array(plan: WandbArrayPlan, echo: Callable[[str], None] = print
 
     executor = submitit.AutoExecutor(folder=plan.folder, cluster="slurm", **plan.executor_arguments)
     executor.update_parameters(**plan.parameters)
-    task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=os.getcwd(), log_dir=str(plan.log_dir))
+    task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=os.getcwd(), log_dir=str(plan.log_dir),
+                               save_timeout_s=plan.save_timeout_s)
     array = executor.map_array(task, list(range(plan.tasks)))
     ids = ", ".join(job.job_id for job in array)
     echo(f"[slurm] W&B sweep: job array of {plan.tasks} `wandb agent` task(s): {ids}")
