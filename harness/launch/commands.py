@@ -81,6 +81,11 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     supervisor = gpus_module.Supervisor(slots, stagger_s=stagger, max_restarts=max_restarts,
                                         echo=lambda line: click.echo(line, err=False))
     code = supervisor.run()
+    if not code and not wandb:
+        from harness.sweep.store import Store
+
+        with Store(root_path) as store:
+            code = _unsuccessful_exit(store, sweep_id)
     if code and supervisor.stop_signal:
         hint = f" (continue with: python -m harness.launch --gpus {gpus} --sweep {sweep_id} --resume)" if not wandb else ""
         click.echo(f"[launch] stopped{hint}")
@@ -126,7 +131,20 @@ def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, pro
                    f"{profile.gpus_per_job} GPU/job), at most {controller.parallel} jobs in flight; "
                    f"Ctrl-C detaches (jobs keep running; run the same command to re-attach)")
         code = controller.run()
+        code = code or _unsuccessful_exit(store, sweep_id)
     click.get_current_context().exit(code)
+
+
+def _unsuccessful_exit(store, sweep_id: str) -> int:
+    """1 when the sweep is over but some of its runs did not finish (failed, crashed, left preempted)."""
+    from harness.sweep import status
+
+    left = status.unsuccessful_runs(store, sweep_id)
+    if left:
+        click.echo(f"[launch] sweep {sweep_id} ended with {left} run(s) that did not finish: "
+                   f"harness status {sweep_id} --root {store.root}", err=True)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

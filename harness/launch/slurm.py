@@ -472,9 +472,11 @@ class SlurmController:
 
     def _goodbye(self, sweep: Any) -> None:
         sweep = self.store.get_sweep(self.sweep_id)  # the last claim may have just finished it
+        from harness.sweep import status
+
         counts = self.store.counts(self.sweep_id)
         summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
-        self.echo(f"[slurm] sweep {self.sweep_id} is {sweep.state}: {summary or 'no runs'}")
+        self.echo(f"[slurm] sweep {self.sweep_id} is {status.outcome(sweep, counts)}: {summary or 'no runs'}")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_signal = self.stop_signal or signum
