@@ -92,15 +92,22 @@ def test_local_sweep_spreads_over_nodes_each_run_on_its_own_gpu(tmp_path, slurm_
     assert single.stdout.split() == []
 
 
-def _node_loss(tmp_path: Path, cluster: MultiNodeCluster, kill_launcher: bool) -> None:
+def _node_loss(tmp_path: Path, cluster: MultiNodeCluster, kill_launcher: bool = False, requeue: bool = True) -> None:
     """Kill every process of the node running the last-submitted job while its runs train; check that
-    SLURM requeues each of them, that it resumes on another node from its last checkpoint, and that
-    the sweep ends with every run trained once. With `kill_launcher` the launcher is killed -9 right
-    after the node and restarted (same command) once SLURM has marked the node DOWN."""
+    each of its runs resumes on another node from its last checkpoint, and that the sweep ends with
+    every run trained once. `requeue`: SLURM requeues the job (same id, JobRequeue=1); without it
+    (`sbatch --no-requeue`, as at a site with JobRequeue=0) the job stays NODE_FAIL and the launcher
+    submits a new one. `kill_launcher`: the launcher is killed -9 right after the node and restarted
+    (same command) once SLURM has marked the node DOWN."""
     root = tmp_path / "runs"
     sweep_id = create_sweep(root, fake_sweep_spec(LOSS_VALUES, epochs=LOSS_EPOCHS, epoch_s=1.0))
     log = tmp_path / "launch.log"
     command = ["--slurm", "local", "--sweep", sweep_id, "--parallel", "6"]
+    if not requeue:
+        profiles = tmp_path / "slurm.yaml"
+        profiles.write_text("profiles:\n  norequeue:\n    partition: debug\n    gpus_per_job: 1\n    cpus_per_job: 1\n"
+                            "    mem_gb: 2\n    time_min: 60\n    sbatch: {no-requeue: true}\n")
+        command = ["--slurm", "norequeue", "--profiles", str(profiles), "--sweep", sweep_id, "--parallel", "6"]
     launcher = launch(command, root, log, env=cluster.env)
     try:
         with Store(root) as store:
@@ -145,36 +152,50 @@ def _node_loss(tmp_path: Path, cluster: MultiNodeCluster, kill_launcher: bool) -
     with Store(root) as store:
         final = store.runs(sweep_id)
     assert sorted(run.config["quality"] for run in final) == LOSS_VALUES  # none lost, none added
-    assert all(run.state == "finished" and run.attempts == 1 for run in final)
+    assert all(run.state == "finished" for run in final)
     by_id = {run.id: run for run in final}
-    restarted_after, training_after = [], []
+    restarted_after, training_after, work_lost = [], [], []
     for run in lost:
         first, second = starts(root, sweep_id, run.id)  # two processes: the killed one and one resume
         assert first["host"] == victim and second["host"] != victim
-        # SLURM requeued the same job (JobRequeue=1); the launcher did not also submit a second one.
-        assert second["slurm_job_id"] == first["slurm_job_id"] == by_id[run.id].job_id
-        assert second["restart_count"] == "1"
-        assert _jobs_named(cluster, f"cs-{run.id}") == [run.job_id]
+        assert first["slurm_job_id"] == run.job_id
+        if requeue:
+            # SLURM requeued the same job; the launcher did not also submit a second one.
+            assert second["slurm_job_id"] == run.job_id == by_id[run.id].job_id and second["restart_count"] == "1"
+            assert by_id[run.id].attempts == 1
+            assert _jobs_named(cluster, f"cs-{run.id}") == [run.job_id]
+            attempts = _sacct(cluster, [run.job_id], duplicates=True)
+            assert [row["state"] for row in attempts] == ["NODE_FAIL", "COMPLETED"]
+        else:
+            # The job ended NODE_FAIL for good; the launcher submitted one new job that resumed the run.
+            assert second["slurm_job_id"] == by_id[run.id].job_id != run.job_id and second["restart_count"] is None
+            assert by_id[run.id].attempts == 2
+            assert _jobs_named(cluster, f"cs-{run.id}") == [run.job_id, second["slurm_job_id"]]
+            attempts = _sacct(cluster, [run.job_id, second["slurm_job_id"]], duplicates=True)
+            assert [row["state"] for row in attempts] == ["NODE_FAIL", "COMPLETED"]
+        assert attempts[0]["nodes"] == victim and attempts[1]["nodes"] == second["host"]
         # Resumed from its last checkpoint: only the epoch in flight at the kill was lost.
         assert saved[run.id] >= 2 and second["start_epoch"] == saved[run.id] + 1
         assert epochs_logged(root, sweep_id, run.id) == list(range(1, LOSS_EPOCHS + 1))
         assert by_id[run.id].host == second["host"] and len(by_id[run.id].metric_values) == LOSS_EPOCHS
-        first_row_after = min(row["time"] for row in _metrics(root, sweep_id, run.id)
-                              if row["epoch"] == saved[run.id] + 1)
+        rows = _metrics(root, sweep_id, run.id)
+        first_row_after = min(row["time"] for row in rows if row["epoch"] == saved[run.id] + 1)
+        last_saved = max(row["time"] for row in rows if row["epoch"] == saved[run.id])
+        assert 0 <= killed_at - last_saved < 1.0 + 0.5  # at most the epoch in flight (1 s) was lost
+        work_lost.append(killed_at - last_saved)
         restarted_after.append(second["time"] - killed_at)
         training_after.append(first_row_after - killed_at)
-        attempts = _sacct(cluster, [run.job_id], duplicates=True)
-        assert [row["state"] for row in attempts] == ["NODE_FAIL", "COMPLETED"]
-        assert attempts[0]["nodes"] == victim and attempts[1]["nodes"] == second["host"]
     for run in final:
         if run.id not in saved:
+            assert run.attempts == 1
             assert len(starts(root, sweep_id, run.id)) == 1
             assert epochs_logged(root, sweep_id, run.id) == list(range(1, LOSS_EPOCHS + 1))
     if kill_launcher:
         assert log.read_text().count("re-attached to job") == len(LOSS_VALUES)
-    print(f"\n[node loss] {victim} killed with {len(lost)} run(s): DOWN after {down_at - killed_at:.1f} s, "
+    print(f"\n[node loss, {'requeue' if requeue else 'no requeue'}{', launcher -9' if kill_launcher else ''}] "
+          f"{victim} killed with {len(lost)} run(s): DOWN after {down_at - killed_at:.1f} s, "
           f"resumed process started after {max(restarted_after):.1f} s, first new epoch after "
-          f"{max(training_after):.1f} s; epochs redone per run: 0 (lost: the one in flight)")
+          f"{max(training_after):.1f} s; work lost per run: {max(work_lost):.2f} s of the 1 s epoch in flight")
 
 
 def _metrics(root: Path, sweep_id: str, run_id: str) -> list[dict]:
@@ -184,6 +205,10 @@ def _metrics(root: Path, sweep_id: str, run_id: str) -> list[dict]:
 
 def test_lost_node_runs_are_requeued_and_resume_elsewhere_from_their_checkpoint(tmp_path, slurm_multinode):
     _node_loss(tmp_path, slurm_multinode, kill_launcher=False)
+
+
+def test_lost_node_without_requeue_runs_are_resubmitted_and_resume_elsewhere(tmp_path, slurm_multinode):
+    _node_loss(tmp_path, slurm_multinode, requeue=False)
 
 
 def test_launcher_killed_during_node_loss_reattaches_and_the_sweep_finishes(tmp_path, slurm_multinode):
