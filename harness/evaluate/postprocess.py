@@ -847,7 +847,7 @@ def summary_line(document: Mapping[str, Any]) -> str:
     parts = [f"presence score: {presence.source}" + (f" (top {presence.top_k} px)" if presence.source != "classifier" else "")
              + ("" if gate else ", gate off") + (", the most likely class of each image kept" if presence.keep_top else "")]
     dropped = document.get("dropped") or [name for name, entry in document["classes"].items() if entry.get("drop")]
-    parts.append("dropped (predicting nothing scored best): " + (", ".join(dropped) if dropped else "none"))
+    parts.append("dropped (an empty mask scored best): " + (", ".join(dropped) if dropped else "none"))
     folds = document.get("holdout", {}).get("folds")
     parts.append(f"held-out: {folds}-fold over the validation images" if folds else "held-out: not estimated (--folds 0)")
     return "; ".join(parts)

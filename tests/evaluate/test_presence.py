@@ -218,7 +218,7 @@ def test_tune_maps_reports_empty_raw_tuned_on_and_held_out_per_class():
     assert all(part["dropped"] == list(CLASSES) for part in sections["holdout"]["per_fold"])
     table = postprocess.format_table({**sections, "image_size": f"{H}x{W}"})
     assert "held-out" in table and "drop" in table
-    assert "dropped (predicting nothing scored best): Fish, Flower, Gravel, Sugar" in postprocess.summary_line(sections)
+    assert "dropped (an empty mask scored best): Fish, Flower, Gravel, Sugar" in postprocess.summary_line(sections)
     with pytest.raises(HarnessError, match="presence head"):
         postprocess.tune_maps(probabilities, truth, None, (H, W), presence="classifier")
 
