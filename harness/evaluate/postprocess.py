@@ -742,13 +742,6 @@ def tune_target(
     return document
 
 
-def tune_run(run_dir: str | Path, data_dir: str | None = None, cache_dir: str | None = None, **options: Any) -> dict[str, Any]:
-    """`tune_target` of one run folder (its postprocess.json goes into the run folder)."""
-    from harness.evaluate import ensemble
-
-    return tune_target(ensemble.resolve([run_dir], data_dir=data_dir, cache_dir=cache_dir), **options)
-
-
 def params_for_run(run_dir: str | Path) -> tuple[dict[str, Any], bool]:
     """The tuned parameters of a run or ensemble folder (per class and presence settings, what
     `apply_postprocess` takes) and True; the plain threshold and False (with a warning on stderr) when

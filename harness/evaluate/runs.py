@@ -11,6 +11,10 @@ rounding probabilities flips every pixel in (0.5, 0.50024] at the challenge's th
 pixel turns an empty-on-empty pair (Dice 1) into 0 (on a 3-epoch UNet: 185 of 1200 pairs changed).
 Logits keep their sign exactly (float16 is finest near 0), so threshold 0.5 gives the same masks as
 the float32 prediction, and other thresholds move by at most about 1e-4 in probability.
+
+Models with a presence head (config `presence_head: true`) have two outputs, "mask" and "presence"
+(`model_outputs`); their per-class presence logits are cached beside the pixel logits
+(`val-presence-...npy`, float32) and averaged like the maps under TTA and in ensembles.
 """
 
 from __future__ import annotations
@@ -207,13 +211,6 @@ def predict_maps(
     return Maps(np.concatenate([part.probabilities for part in parts], axis=0), presence)
 
 
-def predict_images(
-    model: Any, images: np.ndarray, tta: str = "none", batch_size: int = PREDICT_BATCH, progress: bool = True, desc: str = "predicting"
-) -> np.ndarray:
-    """Probabilities (N, H, W, 4) float32 of uint8 images (N, H, W, 3) (`predict_maps` without presence)."""
-    return predict_maps(model, images, tta=tta, batch_size=batch_size, progress=progress, desc=desc).probabilities
-
-
 def encode_logits(probabilities: np.ndarray) -> np.ndarray:
     """float16 logits of probabilities (computed in float64 so the sign is exact; 0 and 1 become -inf, inf)."""
     probabilities = np.asarray(probabilities)
@@ -282,14 +279,3 @@ def validation_maps(
             np.save(handle, logits)
     # What was cached, not the float32 prediction: the first and every later call see the same maps.
     return Maps(decode_logits(logits), None if presence_logits is None else sigmoid(presence_logits))
-
-
-def validation_probabilities(
-    run_dir: str | os.PathLike[str],
-    validation: Validation,
-    tta: str = "none",
-    model_loader: Callable[[], Any] | None = None,
-    progress: bool = True,
-) -> np.ndarray:
-    """The model's validation probabilities (float32) (`validation_maps` without presence)."""
-    return validation_maps(run_dir, validation, tta=tta, model_loader=model_loader, progress=progress).probabilities

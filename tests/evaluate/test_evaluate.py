@@ -93,10 +93,10 @@ def test_flip_tta_averages_the_flipped_predictions(trained_run: Path):
     model = runs.load_model(trained_run)
     validation = runs.validation_split(runs.load_run(trained_run).config, limit=2)
     images = np.asarray(validation.images)
-    plain = runs.predict_images(model, images, progress=False)
-    hflip = runs.predict_images(model, images[:, :, ::-1], progress=False)[:, :, ::-1]
-    vflip = runs.predict_images(model, images[:, ::-1], progress=False)[:, ::-1]
-    tta = runs.predict_images(model, images, tta="flips", progress=False)
+    plain = runs.predict_maps(model, images, progress=False).probabilities
+    hflip = runs.predict_maps(model, images[:, :, ::-1], progress=False).probabilities[:, :, ::-1]
+    vflip = runs.predict_maps(model, images[:, ::-1], progress=False).probabilities[:, ::-1]
+    tta = runs.predict_maps(model, images, tta="flips", progress=False).probabilities
     np.testing.assert_allclose(tta, (plain + hflip + vflip) / 3.0, atol=1e-5)
     assert not np.allclose(tta, plain, atol=1e-4)  # the flips do change the answer
 
