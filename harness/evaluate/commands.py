@@ -20,6 +20,7 @@ def members_options(function):
     function = click.option("--out-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
                             help="Folder of an ensemble's postprocess.json / evaluation.json "
                                  "[default with --sweep: ROOT/SWEEP_ID/ensemble-topK].")(function)
+    function = sweep_commands.store_option(function)
     function = click.option("--root", default=None, help="Runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs).")(function)
     function = click.option("--top", type=click.IntRange(min=1), default=None,
                             help="With --sweep: the K best finished runs by the sweep's metric [default: 1].")(function)
@@ -182,8 +183,6 @@ def register(group: click.Group) -> None:
     """Add this area's commands to `group` (and `report` to the sweep area's `harness sweep`)."""
     for command in (postprocess_command, evaluate_command, predict_command, compare_command):
         group.add_command(command)
-    from harness.sweep import commands as sweep_commands
-
     sweep_group = getattr(sweep_commands, "sweep_group", None)
     if sweep_group is not None:
         sweep_group.add_command(report_command)

@@ -104,7 +104,7 @@ def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None 
 
     if top < 1:
         raise HarnessError(f"--top must be >= 1, got {top}")
-    with Store(root) as store:
+    with Store(root, read_only=True) as store:
         sweep = store.get_sweep(sweep_id)
         finished = [run for run in store.runs(sweep_id, states=["finished"]) if run.best_metric is not None]
         ranked = status.sorted_runs(sweep, finished)
