@@ -39,7 +39,7 @@ import itertools
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -574,7 +574,7 @@ def held_out_dice(
     probabilities: np.ndarray,
     truth: np.ndarray,
     folds: np.ndarray,
-    tune_fold: Any,
+    tune_fold: Callable[[np.ndarray, np.ndarray, np.ndarray | None], Tuned],
     classifier: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[Tuned]]:
     """Out-of-fold Dice (N, C): each fold post-processed with parameters tuned on the other folds.
