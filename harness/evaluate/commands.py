@@ -44,8 +44,8 @@ def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, r
 @click.command("postprocess")
 @members_options
 @click.option("--trials", type=click.IntRange(min=1), default=None,
-              help="Random search: this many thresholds drawn in [0.2, 0.9] (every min size is scored for each).")
-@click.option("--grid", "use_grid", is_flag=True, help="Grid search: thresholds 0.30..0.90 step 0.05 (the default).")
+              help="Random search: this many thresholds drawn in [0.2, 0.9] (every min size is scored for each); "
+                   "default: the grid of thresholds 0.30..0.90")
 @click.option("--mask-rule", is_flag=True, help="Also search a minimum kept area: drop a class when its kept area < area_min.")
 @click.option("--presence", type=click.Choice(["auto", "off", "pixels", "classifier", "mean"]), default="auto", show_default=True,
               help="Presence score of the per-class gate: pixels (mean of the top-k pixel probabilities), classifier "
@@ -63,7 +63,7 @@ def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, r
               help="Use only the first N validation images (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --trials and of the folds.")
 def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
-                        out_dir: Path | None, trials: int | None, use_grid: bool, mask_rule: bool, presence: str,
+                        out_dir: Path | None, trials: int | None, mask_rule: bool, presence: str,
                         top_k: int, keep_top: bool, folds: int, tta: str, data_dir: str | None, cache_dir: str | None,
                         limit: int, seed: int) -> None:
     """Tune per-class post-processing on the validation split of a run or an ensemble of runs.
@@ -75,8 +75,6 @@ def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: i
     """
     from harness.evaluate import postprocess
 
-    if trials and use_grid:
-        raise HarnessError("--trials and --grid exclude each other: pick one search")
     if folds == 1:
         raise HarnessError("--folds 1 leaves nothing to tune on: use 2 or more (or 0 for no held-out estimate)")
     target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir)
