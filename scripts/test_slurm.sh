@@ -587,9 +587,9 @@ mn_start() {
     ((MN_NODES >= 1 && MN_NODES <= 9)) || die "CLOUDSWEEP_MULTINODE_NODES must be 1..9, got $MN_NODES"
     mkdir -p "$STATE_DIR"/{log,pids}
     chmod 755 "$STATE_DIR"
+    PACKAGES+=(iproute2)   # ip: bridge, veth pairs, network namespaces
     install_packages
     command -v nsenter >/dev/null && command -v unshare >/dev/null || die "needs nsenter and unshare (util-linux)"
-    command -v ip >/dev/null || die "needs ip (iproute2)"
     mn_network_up
     mn_make_fake_gpus
     mn_write_configs

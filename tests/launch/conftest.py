@@ -137,7 +137,7 @@ def slurm_multinode_session() -> Any:
         pytest.skip("the multi-node test SLURM needs root (network namespaces, scripts/test_slurm.sh multinode)")
     if not Path("/etc/debian_version").exists():
         pytest.skip("the test SLURM script installs Debian packages; this is not Debian")
-    for tool in ("ip", "nsenter", "unshare"):
+    for tool in ("nsenter", "unshare"):  # util-linux; the script installs iproute2 (`ip`) itself
         if shutil.which(tool) is None:
             pytest.skip(f"the multi-node test SLURM needs `{tool}` (network namespaces), which is missing")
     started = subprocess.run(["bash", str(TEST_SLURM), "multinode", "start", str(cluster.state_dir)],
