@@ -80,6 +80,7 @@ def _make_class() -> type:
             augment_module.build(augment)  # fail now, on the caller's thread, for an unknown name
             self.epoch = 0
             self._order = self._epoch_order(0)
+            self._skip: tuple[int, int] | None = None  # (epoch, batches): placeholders, see skip_batches
 
         # Keras API --------------------------------------------------------------------------------
         def __len__(self) -> int:
@@ -90,6 +91,10 @@ def _make_class() -> type:
             if not 0 <= batch_index < len(self):
                 raise IndexError(f"batch {batch_index} out of range (0..{len(self) - 1})")
             chosen = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            if self._skip is not None and self.epoch == self._skip[0] and batch_index < self._skip[1]:
+                # A batch the resumed run skips (trained before the interruption): right shapes, no work.
+                return (np.zeros((len(chosen), *self.cache.size, 3), dtype=np.float32),
+                        np.zeros((len(chosen), *self.cache.size, 4), dtype=np.float32))
             images = np.empty((len(chosen), *self.cache.size, 3), dtype=np.uint8)
             masks = np.empty((len(chosen), *self.cache.size, 4), dtype=np.float32)
             pipeline = self._pipeline()
@@ -112,6 +117,12 @@ def _make_class() -> type:
             """Make the next batches those of `epoch` (0-based): order and augmentation follow it."""
             self.epoch = int(epoch)
             self._order = self._epoch_order(self.epoch)
+
+        def skip_batches(self, epoch: int, count: int) -> None:
+            """Serve zero placeholders for the first `count` batches of `epoch` (0-based): a run resumed
+            at batch `count` of that epoch skips those steps (see harness.run.train) and should not
+            spend time reading and augmenting images it discards. The others are unchanged."""
+            self._skip = (int(epoch), int(count)) if count > 0 else None
 
         def _epoch_order(self, epoch: int) -> np.ndarray:
             if not self.shuffle:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -156,9 +157,13 @@ def _killed_by_signal(exit_code: int) -> bool:
     return exit_code > 128 and (exit_code - 128) in valid
 
 
-def read_history(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of `metrics.jsonl`, one per epoch (a resumed run's repeated epoch: the last row wins)."""
-    rows = read_jsonl(Path(folder) / "metrics.jsonl")
+def read_history(folder: str | os.PathLike[str], skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of `metrics.jsonl`, one per epoch (a resumed run's repeated epoch: the last row wins).
+
+    Read through `harness.io.read_jsonl`, the one tolerant reader: a torn line anywhere is skipped
+    (and reported: into `skipped` when given, else on stderr), the rows after it are kept.
+    """
+    rows = read_jsonl(Path(folder) / "metrics.jsonl", skipped)
     by_epoch: dict[Any, dict[str, Any]] = {}
     unnumbered = []
     for row in rows:
@@ -181,6 +186,7 @@ class HistoryFollower:
         self.path = Path(folder) / "metrics.jsonl"
         self.epochs_seen = 0
         self._stamp: tuple[int, int] | None = None
+        self._reported: set[str] = set()
 
     def sync(self, store: "Store", run_id: str) -> bool:
         """Record the history if metrics.jsonl changed since the last call; True when it has new epochs."""
@@ -192,7 +198,12 @@ class HistoryFollower:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
-        rows = read_history(self.path.parent)
+        skipped: list[str] = []
+        rows = read_history(self.path.parent, skipped)
+        for message in skipped:  # each torn line once, not at every poll
+            if message not in self._reported:
+                self._reported.add(message)
+                print(f"warning: {message}", file=sys.stderr, flush=True)
         store.record_history(run_id, rows)
         grew = len(rows) > self.epochs_seen
         self.epochs_seen = len(rows)
