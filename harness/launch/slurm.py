@@ -10,7 +10,9 @@ final state. Hyperband losers and runs of a stopped sweep are cancelled (`scance
 saves) and recorded stopped. A job that ends without finishing its run (node lost, external scancel,
 preemption without requeue) leaves the run preempted, and it is resubmitted as a new job that
 resumes from the run folder. Time limits and submitit's `_interrupt()` never get that far: the job
-checkpoints and requeues itself (same job id).
+checkpoints and requeues itself (same job id). A run is submitted only while no live process holds
+its folder's lease (harness/run/lease.py); a job whose trainer exits with lease.EXIT_OWNED (75) found
+the folder in use: its run goes back unspent (no attempt counted) and is submitted again later.
 
 Restarting the launcher (after Ctrl-C, kill -9, or a lost login node) re-attaches: runs that are
 pending/running with a job id are watched again, never resubmitted; a run claimed but killed before
@@ -36,6 +38,7 @@ from typing import Any, Callable
 from harness.launch import jobs
 from harness.launch.gpus import LaunchError, sweep_folder_name
 from harness.launch.profiles import Profile
+from harness.run import lease
 
 AGENT = "slurm"  # the store's agent column for runs this launcher hands to SLURM
 JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job whose id it never saved
@@ -132,6 +135,7 @@ class SlurmController:
         self.folder = slurm_folder(self.root, sweep_id)
         self.host = socket.gethostname()
         self.in_flight: dict[str, _InFlight] = {}
+        self._held_back: dict[str, str] = {}  # run id -> lease token already reported as holding it
         self.claimed = 0
         self.job_failures = 0  # jobs in a row that ended without ever starting their run
         self.stop_signal: int | None = None
@@ -215,6 +219,15 @@ class SlurmController:
             run = self.store.claim_run(self.sweep_id, agent=AGENT, host=self.host, gpu=None, state="pending")
             if run is None:
                 return True
+            holder = lease.live_holder(self._run_folder(run.id))
+            if holder is not None:
+                # Someone still trains in its folder (an old job this controller lost track of, a
+                # process on another node): submitting now would make two writers. Wait for the lease.
+                self.store.release_claim(run.id, agent=AGENT)
+                if self._held_back.get(run.id) != holder.token:
+                    self._held_back[run.id] = holder.token
+                    self.echo(f"[slurm] run {run.id} not submitted: its folder is held by {holder.describe()}")
+                return False
             self.claimed += 1
             self._submit(sweep, run)
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.in_flight))
@@ -319,6 +332,14 @@ class SlurmController:
                 error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
         placement = jobs.read_placement(item.folder)
         started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        if exit_code == lease.EXIT_OWNED:
+            # The job's trainer found the folder's lease held by another live process: not a crash,
+            # no attempt spent; it is submitted again once the lease is free.
+            self.store.release_claim(item.run_id, agent=AGENT)
+            del self.in_flight[item.run_id]
+            self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} found its folder owned by another process "
+                      f"(exit {exit_code}): given back, no attempt spent")
+            return
         if exit_code is not None:
             state = controller.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
             self.job_failures = 0

@@ -14,6 +14,13 @@ SIGTERM or SIGINT to the agent is forwarded to the child; the agent waits for it
 exit, marks the run preempted and exits with 128 + the signal number. A second signal kills the child.
 On Linux the child also gets SIGTERM if the agent dies without warning (kill -9), so it checkpoints
 instead of training on unwatched; the next agent then finds the run crashed and resumes it.
+
+One process per run folder (harness/run/lease.py): before starting a child, the agent looks at the
+folder's lease. A live holder on this host (the previous attempt, still checkpointing) is waited
+for, heartbeating the claim all the while so no other agent takes it, and killed after the grace
+period; a live holder on another host makes the agent give the run back unspent
+(`Store.release_claim`). A child that exits with lease.EXIT_OWNED (75: it lost the race for the
+lease) is handled the same way: not a crash, no attempt spent.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.run import lease as lease_module
 from harness.sweep import controller, spec as sweep_spec
 from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep
 
@@ -139,10 +147,11 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
 
 def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: _Signals,
              say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float) -> str | None:
-    """Start, watch and record one run; returns its final state (None if another agent took it over)."""
+    """Start, watch and record one run; returns its final state (None if another agent or process owns it)."""
     folder = controller.run_dir(store.root, sweep.id, run.id)
     folder.mkdir(parents=True, exist_ok=True)
-    _wait_for_previous_process(run, kill_grace_s, say)
+    if not _wait_for_previous_process(store, run, agent, folder, kill_grace_s, heartbeat_s, signals, say):
+        return None
     argv = sweep_spec.expand_command(sweep_spec.sweep_command(sweep.spec), run.config,
                                      program=sweep.spec.get("program"), run_dir=folder)
     cwd = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
@@ -170,6 +179,12 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
     summary = controller.read_summary(folder)
     if watch.lost:
         say(f"run {run.id} was taken over by another agent; its child exited {exit_code}")
+        return None
+    if exit_code == lease_module.EXIT_OWNED:
+        # The child found the folder's lease held by another live process and touched nothing.
+        store.release_claim(run.id, agent=agent)
+        say(f"run {run.id}: its folder is another process's (exit {exit_code}): given back, no attempt spent")
+        _sleep(min(5.0, kill_grace_s), signals)  # do not claim it straight back
         return None
     state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
                                    preempt_requested=watch.forwarded)
@@ -309,25 +324,56 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def _wait_for_previous_process(run: Run, grace_s: float, say: Callable[[str], None]) -> None:
-    """Before resuming a run, let its previous process (still checkpointing after its agent died) exit.
+def _wait_for_previous_process(store: Store, run: Run, agent: str, folder: Path, grace_s: float, heartbeat_s: float,
+                               signals: _Signals, say: Callable[[str], None]) -> bool:
+    """Before (re)starting a run, make sure no other process trains in its folder; False: do not start.
 
-    Only a process that is provably that run's (its environment holds WANDB_RUN_ID=<run id>) is waited
-    for, and killed if it outlives the grace period, so a reused pid is never touched.
+    The folder's lease names its holder. On this host a live holder (the previous attempt, still
+    checkpointing after its agent died) is waited for, then killed if it outlives `grace_s`; its pid
+    and start time are checked, so a reused pid is never touched. The claim is heartbeated all the
+    while (else other agents would mark it crashed and claim it again). A live holder on another host
+    cannot be waited for from here: the run is given back unspent. Runs without a lease (an older
+    attempt, or a program that is not harness.train) fall back to the recorded pid and its environment.
     """
-    if run.attempts < 2 or not run.pid or not _is_run_process(run.pid, run.id):
-        return
-    say(f"run {run.id}: waiting for its previous process {run.pid} to exit")
+    holder = lease_module.live_holder(folder)
+    if holder is None:
+        if run.attempts >= 2 and run.pid and _is_run_process(run.pid, run.id):
+            return _wait_for(store, run, agent, run.pid, lambda: _is_run_process(run.pid, run.id),
+                             grace_s, heartbeat_s, signals, say)
+        return True
+    if lease_module.holder_process_alive(holder) is None:
+        store.release_claim(run.id, agent=agent)
+        say(f"run {run.id}: its folder is held by {holder.describe()}: given back, no attempt spent")
+        _sleep(min(5.0, grace_s), signals)
+        return False
+    return _wait_for(store, run, agent, holder.pid, lambda: bool(lease_module.holder_process_alive(holder)),
+                     grace_s, heartbeat_s, signals, say)
+
+
+def _wait_for(store: Store, run: Run, agent: str, pid: int, alive: Callable[[], bool], grace_s: float,
+              heartbeat_s: float, signals: _Signals, say: Callable[[str], None]) -> bool:
+    say(f"run {run.id}: waiting for its previous process {pid} to exit")
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _is_run_process(run.pid, run.id):
-            return
+    last_beat = time.monotonic()
+    while alive():
+        if signals.count:
+            store.release_claim(run.id, agent=agent)
+            return False
+        if time.monotonic() - last_beat >= heartbeat_s:
+            last_beat = time.monotonic()
+            if store.heartbeat(run.id, agent=agent) == "lost":
+                say(f"run {run.id}: no longer this agent's while waiting: not started")
+                return False
+        if time.monotonic() > deadline:
+            say(f"run {run.id}: previous process {pid} still alive after {grace_s:g} s: SIGKILL")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 30.0  # the kernel reaps it within moments
         time.sleep(0.1)
-    say(f"run {run.id}: previous process {run.pid} still alive after {grace_s:g} s: SIGKILL")
-    try:
-        os.kill(run.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # Heartbeat once more: the claim must still be this agent's before a child is started.
+    return store.heartbeat(run.id, agent=agent) != "lost"
 
 
 def _is_run_process(pid: int, run_id: str) -> bool:

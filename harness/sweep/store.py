@@ -378,6 +378,23 @@ class Store:
             )
         return True
 
+    def release_claim(self, run_id: str, agent: str | None = None, state: str = "preempted") -> bool:
+        """Give a claimed run back unspent: its folder is someone else's (the run-folder lease of
+        harness/run/lease.py), which is neither the run's failure nor an attempt. The run becomes
+        `state` (resumable) with its attempts count as before the claim. With `agent`, only if the run
+        is still that agent's; returns whether it was released."""
+        if state not in RESUMABLE_STATES:
+            raise SweepError(f"release_claim: state must be one of {RESUMABLE_STATES}, got {state!r}")
+        with self._write() as db:
+            row = db.execute("SELECT agent, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+            if row["state"] not in ACTIVE_STATES or (agent is not None and row["agent"] != agent):
+                return False
+            db.execute("UPDATE runs SET state = ?, attempts = MAX(attempts - 1, 0), ended = ? WHERE id = ?",
+                       (state, time.time(), run_id))
+        return True
+
     def set_job_id(self, run_id: str, job_id: str | None) -> None:
         """Remember the cluster job that runs this run (so a restarted controller re-attaches to it)."""
         with self._write() as db:
