@@ -209,6 +209,9 @@ class Lease:
             io.atomic_write_json(self.run_dir / LEASE_FILE, dataclasses.asdict(self.holder))
 
     def start_renewing(self, every_s: float | None = None) -> "Lease":
+        """Renew in a daemon thread every `every_s` (default ttl/3); a second call does nothing."""
+        if self._thread is not None:
+            return self
         every_s = self.holder.ttl_s / 3 if every_s is None else every_s
 
         def loop() -> None:

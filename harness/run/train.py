@@ -168,23 +168,27 @@ def train(
     wandb_run: Any = None,
     verbose: int | None = None,
     restart: bool = False,
+    lease: lease_module.Lease | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, or just report) the run in `run_dir`; returns its summary.
 
     The summary's `status` is finished, preempted (then `exit_code` is 128 + signal) or failed (the
     exception is re-raised after the summary is written). `wandb_run` is a run already started by
     the caller (under a W&B sweep, where wandb.config had to be read first); else one is started here.
-    First of all the run folder's lease is taken (harness.run.lease): if another live process holds
-    it, LeaseHeld (exit code 75) is raised before anything in the folder is touched. `restart`
-    moves the old training state aside (checkpoint.discard) and trains from epoch 0.
+    First of all the run folder's lease is taken (harness.run.lease), unless the caller holds it
+    already (`lease`, released by the caller): if another live process holds it, LeaseHeld (exit
+    code 75) is raised before anything in the folder is touched. `restart` moves the old training
+    state aside (checkpoint.discard) and trains from epoch 0.
     """
     run_dir = Path(run_dir)
-    try:
-        lease = lease_module.Lease.acquire(run_dir)
-    except lease_module.LeaseHeld:
-        if wandb_run is not None:
-            wandb_run.finish(exit_code=lease_module.EXIT_OWNED)
-        raise
+    owned = lease is None
+    if lease is None:
+        try:
+            lease = lease_module.Lease.acquire(run_dir)
+        except lease_module.LeaseHeld:
+            if wandb_run is not None:
+                wandb_run.finish(exit_code=lease_module.EXIT_OWNED)
+            raise
     if lease.broke:
         print(f"run {run_id}: {lease.broke}", file=sys.stderr, flush=True)
     lease.start_renewing()
@@ -195,7 +199,8 @@ def train(
                 print(f"run {run_id}: --restart: its previous training state is kept in {moved}", flush=True)
         return _train_owned(config, run_dir, run_id, sweep_id, lease, wandb_run=wandb_run, verbose=verbose)
     finally:
-        lease.release()
+        if owned:
+            lease.release()
 
 
 def _train_owned(config: Config, run_dir: Path, run_id: str, sweep_id: str | None, lease: lease_module.Lease, *,
@@ -705,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Config keys (see `harness config`):", ", ".join(config_module.config_keys()))
         return 0
     wandb_run = None
+    held: lease_module.Lease | None = None
     try:
         overrides, control = config_module.parse_cli_args(argv)
         config_file = control.get("config")
@@ -717,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
         if config_file:
             explicit.update(config_module.load_file(config_file))
         config = config_module.build_config(config_file, overrides)
+        # The run folder's lease before anything writes into the folder (wandb.init does, below).
+        held = lease_module.Lease.acquire(run_dir)
         if tracking.under_wandb_sweep():
             # The agent's parameters arrive as wandb.config: they win over the file and the arguments.
             wandb_run = tracking.start_wandb(config.to_dict(), run_dir, run_id, config.wandb_project, config.wandb_entity)
@@ -731,12 +739,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run {run_id}: {run_dir}", flush=True)
         handed_over, wandb_run = wandb_run, None  # train() finishes it from here on
         restart = str(control.get("restart", "false")).lower() in ("true", "1", "yes")
-        summary = train(config, run_dir, run_id, sweep_id, wandb_run=handed_over, restart=restart)
+        summary = train(config, run_dir, run_id, sweep_id, wandb_run=handed_over, restart=restart, lease=held)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         if wandb_run is not None:
             wandb_run.finish(exit_code=error.exit_code)
         return error.exit_code
+    finally:
+        if held is not None:
+            held.release()
     if summary.get("status") == "preempted":
         return int(summary.get("exit_code", 1))
     return 0 if summary.get("status") == "finished" else 1
