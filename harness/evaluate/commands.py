@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from harness.errors import HarnessError
+from harness.sweep import commands as sweep_commands
 
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DATA_DIR_HELP = "Use this data folder instead of the run's data_dir (its cache: --cache-dir or DATA_DIR/cache)."
@@ -116,6 +117,7 @@ def compare_command(run_a: Path, run_b: Path, out: Path | None) -> None:
 @click.command("report")
 @click.argument("sweep_id")
 @click.option("--root", default=None, help="runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs)")
+@sweep_commands.store_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Best runs listed.")
 def report_command(sweep_id: str, root: str | None, top: int) -> None:
     """Best runs, parallel coordinates and parameter importance of a local sweep (PNG + report.md)."""

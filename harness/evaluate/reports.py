@@ -116,7 +116,7 @@ def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top:
     """Build the report of a local sweep; returns {'folder', 'files', 'best', 'importance'}."""
     from harness.sweep.store import Store
 
-    with Store(root) as store:
+    with Store(root, read_only=True) as store:
         sweep = store.get_sweep(sweep_id)
         runs = store.runs(sweep_id)
         root_path = store.root

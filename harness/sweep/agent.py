@@ -19,7 +19,7 @@ One process per run folder (harness/run/lease.py): before starting a child, the 
 folder's lease. A live holder on this host (the previous attempt, still checkpointing) is waited
 for, heartbeating the claim all the while so no other agent takes it, and killed after the grace
 period; a live holder on another host makes the agent give the run back unspent
-(`Store.release_claim`). A child that exits with lease.EXIT_OWNED (75: it lost the race for the
+(`Store.release_run`). A child that exits with lease.EXIT_OWNED (75: it lost the race for the
 lease) is handled the same way: not a crash, no attempt spent.
 """
 
@@ -138,7 +138,7 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
         return None
     runs = store.runs(sweep.id)
     active = [run for run in runs if run.state in ACTIVE_STATES]
-    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.attempts < max_attempts]
+    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.failures < max_attempts]
     if active or resumable:
         # Those may still crash or be preempted; stay to resume them.
         return f"no new run to hand out; {len(active)} run(s) still active elsewhere"
@@ -182,13 +182,14 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
         return None
     if exit_code == lease_module.EXIT_OWNED:
         # The child found the folder's lease held by another live process and touched nothing.
-        store.release_claim(run.id, agent=agent)
+        store.release_run(run.id, agent)
         say(f"run {run.id}: its folder is another process's (exit {exit_code}): given back, no attempt spent")
         _sleep(min(5.0, kill_grace_s), signals)  # do not claim it straight back
         return None
     state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
                                    preempt_requested=watch.forwarded)
-    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent)
+    # A signal the agent forwarded (Ctrl-C of the launcher, SIGTERM) is not the run's failure.
+    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent, own_failure=not watch.forwarded)
     best = store.get_run(run.id).best_metric
     metric = f", {sweep.metric_name} best {best:.4g}" if best is not None and sweep.metric_name else ""
     why = f" ({watch.stop_reason})" if watch.stop_reason and state == "stopped" else ""
@@ -342,7 +343,7 @@ def _wait_for_previous_process(store: Store, run: Run, agent: str, folder: Path,
                              grace_s, heartbeat_s, signals, say)
         return True
     if lease_module.holder_process_alive(holder) is None:
-        store.release_claim(run.id, agent=agent)
+        store.release_run(run.id, agent)
         say(f"run {run.id}: its folder is held by {holder.describe()}: given back, no attempt spent")
         _sleep(min(5.0, grace_s), signals)
         return False
@@ -357,7 +358,7 @@ def _wait_for(store: Store, run: Run, agent: str, pid: int, alive: Callable[[], 
     last_beat = time.monotonic()
     while alive():
         if signals.count:
-            store.release_claim(run.id, agent=agent)
+            store.release_run(run.id, agent)
             return False
         if time.monotonic() - last_beat >= heartbeat_s:
             last_beat = time.monotonic()
