@@ -29,7 +29,7 @@ back, so the epoch's metrics.jsonl row covers all of its batches and its optimiz
 that of an uninterrupted run. A signal during validation saves the state after the epoch's last
 training batch: the resume redoes only the validation. With `deterministic=true` on CPU, a run
 interrupted any number of times ends with the weights of an uninterrupted one
-(tests/run/test_resume.py).
+(tests/run/test_exact_resume.py).
 """
 
 from __future__ import annotations
