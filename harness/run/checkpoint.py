@@ -193,7 +193,10 @@ def discard(run_dir: str | os.PathLike[str]) -> Path | None:
         path.name for path in run_dir.glob(".best-epoch*.keras")]
     if not present:
         return None
-    target = run_dir / time.strftime("discarded-%Y%m%d-%H%M%S")
+    stamp = time.strftime("discarded-%Y%m%d-%H%M%S")
+    target, number = run_dir / stamp, 1
+    while target.exists():  # two restarts within a second
+        target, number = run_dir / f"{stamp}-{number}", number + 1
     target.mkdir()
     for name in present:
         os.rename(run_dir / name, target / name)

@@ -157,3 +157,17 @@ def test_metrics_are_cut_back_to_the_checkpoint_with_each_epoch_once(tmp_path):
     assert io.read_jsonl(path) == kept
     checkpoint.append_metrics(tmp_path, {"epoch": 3, "loss": 0.6})
     assert [row["epoch"] for row in io.read_jsonl(path)] == [1, 2, 3]
+
+
+def test_restart_moves_the_training_state_aside_and_keeps_it(tmp_path, trained):
+    checkpoint.save_checkpoint(tmp_path, trained, checkpoint.TrainState(epoch=1, iterations=2))
+    checkpoint.append_metrics(tmp_path, {"epoch": 1, "loss": 0.9})
+    (tmp_path / "best.keras").write_bytes(b"best")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoint" / "LATEST").write_text("ckpt-000099\n")  # damaged: the reason to restart
+    moved = checkpoint.discard(tmp_path)
+    assert moved is not None and moved.parent == tmp_path and moved.name.startswith("discarded-")
+    assert sorted(path.name for path in moved.iterdir()) == ["best.keras", "checkpoint", "metrics.jsonl"]
+    assert checkpoint.load_state(tmp_path) is None  # a fresh start at epoch 0
+    assert (tmp_path / "config.json").exists()  # the run keeps its config (and id)
+    assert checkpoint.discard(tmp_path) is None  # nothing left to move
