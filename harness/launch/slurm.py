@@ -45,6 +45,10 @@ JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job who
 # sacct states of a job that is over (anything else: still queued, running or being requeued).
 TERMINAL_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                        "BOOT_FAIL", "DEADLINE", "REVOKED")
+# squeue states of a job SLURM still means to run. After a node failure the job's sacct row says
+# NODE_FAIL for a few seconds while squeue already shows it PENDING again (requeued, same id).
+QUEUED_JOB_STATES = ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                     "SUSPENDED", "RESIZING")
 DEFAULT_POLL_S = 2.0
 RESULT_GRACE_S = 10.0  # a job over by sacct whose result file is not visible yet (NFS): wait this long
 # A job the scheduler (answering) no longer lists at all is treated as gone after this long; a scheduler that
@@ -122,6 +126,7 @@ class _InFlight:
     unknown_since: float | None = None
     preempted_since: float | None = None
     cancel_sent: float | None = None  # scancel sent before a resubmission; waiting for SLURM to confirm
+    requeue_noted: str | None = None  # the sacct state last reported as requeued (said once)
 
     def __post_init__(self) -> None:
         from harness.sweep import controller
@@ -292,6 +297,7 @@ class SlurmController:
         answer = job_states([item.job.job_id for item in self.in_flight.values()])
         self._note_scheduler(answer is not None)
         states = answer or {}
+        self._note_requeued(states)
         now = time.time()
         for item in list(self.in_flight.values()):
             self._sync(item)
@@ -329,6 +335,30 @@ class SlurmController:
                     now - item.over_since < RESULT_GRACE_S:
                 continue  # a job that completed wrote its result: on a slow shared filesystem it may lag
             self._finish(item, state)
+
+    def _note_requeued(self, states: dict[str, str]) -> None:
+        """Jobs sacct calls over but squeue still queues were requeued by SLURM: not over (in place).
+
+        Without this a job requeued after a node failure would be seen NODE_FAIL, its run resubmitted
+        as a new job, and the run trained twice (the requeued job and the new one).
+        """
+        by_id = {item.job.job_id: item for item in self.in_flight.values()}
+        suspects = [job_id for job_id, state in states.items() if job_id in by_id and state
+                    and state.split()[0] in TERMINAL_JOB_STATES and not _result_exists(by_id[job_id].job)]
+        queued_now = queue_states(suspects)
+        if queued_now is None:  # squeue does not answer: whether they were requeued is unknown, so not over yet
+            for job_id in suspects:
+                states[job_id] = "UNKNOWN"
+            return
+        for job_id, queued in queued_now.items():
+            if queued.split()[0] not in QUEUED_JOB_STATES:
+                continue
+            item = by_id[job_id]
+            if item.requeue_noted != states[job_id]:
+                item.requeue_noted = states[job_id]
+                self.echo(f"[slurm] job {job_id}: {states[job_id]} but queued again ({queued}): SLURM requeued it "
+                          f"(run {item.run_id} resumes from its folder)")
+            states[job_id] = queued
 
     def _sync(self, item: _InFlight) -> bool:
         """Run folder -> store: placement (host, GPU) and metrics. True when new epochs arrived."""
@@ -528,6 +558,14 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
             if job_id:
                 states[job_id.strip()] = state.strip()
         return states
+    return queue_states(job_ids)
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: squeue state} for those of these jobs still in the queue (one squeue call); None when
+    squeue does not answer."""
+    if not job_ids:
+        return {}
     try:
         queue = subprocess.run(["squeue", "-h", "-o", "%A|%T", "-j", ",".join(job_ids)],
                                capture_output=True, text=True, timeout=60)
@@ -535,9 +573,11 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
         return None
     if queue.returncode != 0 and not _invalid_job_id(queue.stderr):
         return None
+    states: dict[str, str] = {}
     for line in queue.stdout.splitlines():
         job_id, _, state = line.partition("|")
-        states[job_id.strip()] = state.strip()
+        if job_id.strip():
+            states[job_id.strip()] = state.strip()
     return states
 
 
