@@ -40,7 +40,7 @@ PRESENCE_METRICS = PRESENCE_TRAIN_METRICS + tuple(f"val_{name}" for name in PRES
 METRIC_NAMES = LOGGED_METRICS + PRESENCE_METRICS
 
 # Arguments of `python -m harness.train` that say where/which run this is, not how to train it.
-CONTROL_KEYS = ("config", "run_id", "root", "sweep_id")
+CONTROL_KEYS = ("config", "run_id", "root", "sweep_id", "restart")
 
 
 @dataclasses.dataclass
@@ -80,6 +80,7 @@ class Config:
     lr_factor: float = 0.5  # LR multiplier on plateau
     threshold: float = 0.5  # probability threshold of the challenge metric (kaggle_dice)
     seed: int = 42  # split, shuffling, augmentation and weight init
+    deterministic: bool = False  # TensorFlow deterministic ops: same seed, same weights, bit for bit (slower)
     # --- tracking -------------------------------------------------------------------------------
     wandb_project: str = "cloudsweep"  # W&B project (mode follows WANDB_MODE: online/offline/disabled)
     wandb_entity: str = ""  # W&B entity; empty: the account's default

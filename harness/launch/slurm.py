@@ -10,7 +10,9 @@ final state. Hyperband losers and runs of a stopped sweep are cancelled (`scance
 saves) and recorded stopped. A job that ends without finishing its run (node lost, external scancel,
 preemption without requeue) leaves the run preempted, and it is resubmitted as a new job that
 resumes from the run folder. Time limits and submitit's `_interrupt()` never get that far: the job
-checkpoints and requeues itself (same job id).
+checkpoints and requeues itself (same job id). A run is submitted only while no live process holds
+its folder's lease (harness/run/lease.py); a job whose trainer exits with lease.EXIT_OWNED (75) found
+the folder in use: its run goes back unspent (no attempt counted) and is submitted again later.
 
 Restarting the launcher (after Ctrl-C, kill -9, or a lost login node) re-attaches: runs that are
 pending/running with a job id are watched again, never resubmitted; a run claimed but killed before
@@ -33,9 +35,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import processes
 from harness.launch import jobs
 from harness.launch.gpus import LaunchError, sweep_folder_name
 from harness.launch.profiles import Profile
+from harness.run import lease
 
 AGENT = "slurm"  # the store's agent column for runs this launcher hands to SLURM
 JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job whose id it never saved
@@ -150,9 +154,10 @@ class SlurmController:
         self.folder = slurm_folder(self.root, sweep_id)
         self.host = socket.gethostname()
         self.in_flight: dict[str, _InFlight] = {}
+        self._held_back: dict[str, str] = {}  # run id -> lease token already reported as holding it
         self.claimed = 0
         self.job_failures = 0  # jobs in a row that ended without ever starting their run
-        self.stop_signal: int | None = None
+        self.signals = processes.SignalFlag((signal.SIGINT, signal.SIGTERM))
         self._executor = None
         self.max_in_flight_seen = 0
         self.outage_since: float | None = None  # the scheduler has not answered since then
@@ -162,13 +167,12 @@ class SlurmController:
     # -- public ------------------------------------------------------------------------------------
     def run(self) -> int:
         """Drive the sweep until it is over (0), detached by a signal (128+N) or jobs keep failing (1)."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.signals.install()
         try:
             self.reattach()
             code = self._loop()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.signals.restore()
         if self.stop_signal:
             ids = ", ".join(item.job.job_id for item in self.in_flight.values()) or "none"
             self.echo(f"[slurm] detached; {len(self.in_flight)} job(s) keep running ({ids}). Re-attach with the same "
@@ -242,6 +246,15 @@ class SlurmController:
             run = self.store.claim_run(self.sweep_id, agent=AGENT, host=self.host, gpu=None, state="pending")
             if run is None:
                 return True
+            holder = lease.live_holder(self._run_folder(run.id))
+            if holder is not None:
+                # Someone still trains in its folder (an old job this controller lost track of, a
+                # process on another node): submitting now would make two writers. Wait for the lease.
+                self.store.release_run(run.id, AGENT)
+                if self._held_back.get(run.id) != holder.token:
+                    self._held_back[run.id] = holder.token
+                    self.echo(f"[slurm] run {run.id} not submitted: its folder is held by {holder.describe()}")
+                return False
             self.claimed += 1
             self._submit(sweep, run)
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.in_flight))
@@ -364,10 +377,10 @@ class SlurmController:
     def _hyperband(self, sweep: Any) -> None:
         if not sweep.spec.get("early_terminate") or not self.in_flight:
             return
-        from harness.sweep import controller
+        from harness.sweep import engine
 
         try:
-            to_stop = controller.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
+            to_stop = engine.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
         except ValueError as error:
             self.echo(f"[slurm] early_terminate ignored: {error}")
             return
@@ -399,6 +412,14 @@ class SlurmController:
                 error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
         placement = jobs.read_placement(item.folder)
         started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        if exit_code == lease.EXIT_OWNED:
+            # The job's trainer found the folder's lease held by another live process: not a crash,
+            # no attempt spent; it is submitted again once the lease is free.
+            self.store.release_run(item.run_id, AGENT)
+            del self.in_flight[item.run_id]
+            self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} found its folder owned by another process "
+                      f"(exit {exit_code}): given back, no attempt spent")
+            return
         if exit_code is not None:
             state = controller.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
             self.job_failures = 0
@@ -508,13 +529,13 @@ class SlurmController:
         summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
         self.echo(f"[slurm] sweep {self.sweep_id} is {status.outcome(sweep, counts)}: {summary or 'no runs'}")
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop_signal = self.stop_signal or signum
+    @property
+    def stop_signal(self) -> int | None:
+        """The first signal that asked the launcher to detach (None: none yet)."""
+        return self.signals.first
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stop_signal:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        processes.sleep_unless(seconds, lambda: self.signals.count)
 
 
 def job_states(job_ids: list[str]) -> dict[str, str] | None:

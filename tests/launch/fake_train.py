@@ -12,6 +12,7 @@ Run folder `<HARNESS_ROOT>/<HARNESS_SWEEP_ID>/<WANDB_RUN_ID>/`: `metrics.jsonl` 
 to it), and `starts.jsonl` (one line per process start: pid, first epoch, CUDA_VISIBLE_DEVICES,
 SLURM job id and restart count) so tests can check where each attempt ran and resumed.
 SIGTERM/SIGINT/SIGUSR1: save and exit 128 + signal.
+FAKE_PAUSE_AFTER_EPOCH=N: after epoch N is saved, write `paused.json` and wait for a stop signal.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def main(argv: list[str]) -> int:
         done = epoch
         write_json(state_path, {"epoch": done})
         summary("running", final=row)
+        if os.environ.get("FAKE_PAUSE_AFTER_EPOCH") == str(done):
+            # Hold still at a known point (like harness.train's HARNESS_PAUSE_AT) until a stop signal.
+            write_json(folder / "paused.json", {"epoch": done, "pid": os.getpid()})
+            while not received:
+                time.sleep(0.02)
+            (folder / "paused.json").unlink()
     summary("finished")
     return 0
 
