@@ -11,11 +11,13 @@ docs/architecture.md and docs/training.md). Starting a run whose folder exists r
 
 At the end of every epoch the run appends its metrics row, logs TensorBoard / W&B (step = epoch),
 stages best.keras if the monitored metric improved, writes the checkpoint (the commit point) and
-then promotes best.keras. SIGTERM, SIGINT and SIGUSR1 set a flag that is checked after every
-batch: the run saves a mid-epoch checkpoint at once (weights and optimizer state of that moment,
-with the batch index), marks itself preempted (and `run.mark_preempting()` under W&B) and exits
-with 128 + the signal number. A second signal of the same kind exits at once (the checkpoint in
-force is always complete, so nothing is lost but the work since it).
+then promotes best.keras. SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP and SIGQUIT set a flag that is
+checked after every batch: the run saves a mid-epoch checkpoint at once (weights and optimizer state
+of that moment, with the batch index) and ends as harness.run.stopping says: preempted (and
+`run.mark_preempting()` under W&B, exit 128 + the signal number), or, for the W&B agent's SIGTERM,
+stopped (exit 0). A second signal of the same kind exits at once (the checkpoint in force is always
+complete, so nothing is lost but the work since it). A signal ignored when the run starts (nohup)
+stays ignored.
 
 Resuming from a mid-epoch checkpoint restarts the interrupted epoch from its first batch with the
 weights and optimizer state saved at the signal: no training step is lost, every epoch in
@@ -46,11 +48,11 @@ from harness import model as model_module
 from harness.config import Config
 from harness.errors import ConfigError, HarnessError
 from harness.run import checkpoint as checkpoint_module
-from harness.run import tracking
+from harness.run import stopping, tracking
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+STOP_SIGNALS = stopping.SIGNALS
 # Keys a resume may change: they do not change what the run computes, only how long or where from.
 RESUME_OVERRIDABLE = ("epochs", "workers", "data_dir", "cache_dir")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -130,6 +132,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # Python only lets the main thread handle signals; callers elsewhere handle their own
         for signum in self.signals:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # ignored by whoever started us (nohup, a SLURM job's USR2): keep it so
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -248,14 +252,15 @@ def train(
             state, rows = run_callback.state, run_callback.rows
         else:
             rows = io.read_jsonl(run_dir / checkpoint_module.METRICS_FILE)
-        exit_code = 128 + stopped.signum
-        summary = run.write_summary("preempted", state, rows, signal=signal.Signals(stopped.signum).name, exit_code=exit_code)
+        status, exit_code = stopping.meaning(stopped.signum), stopping.exit_code(stopped.signum)
+        summary = run.write_summary(status, state, rows, signal=signal.Signals(stopped.signum).name, exit_code=exit_code)
+        if tracker is None and wandb_run is not None:
+            tracker = tracking.Tracker(None, wandb_run)
         if tracker is not None:
-            tracker.mark_preempting()
+            if status == stopping.PREEMPT:
+                tracker.mark_preempting()
+            tracker.set_summary({"status": status})
             tracker.close(exit_code=exit_code)
-        elif wandb_run is not None:
-            wandb_run.mark_preempting()
-            wandb_run.finish(exit_code=exit_code)
         return summary
     except BaseException as error:
         status = "failed"
@@ -520,8 +525,8 @@ def _wandb_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m harness.train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--key=value ...]`.
 
-    Exit code: 0 finished (or already finished), 2 bad config/arguments, 128 + signal when stopped by
-    a signal after saving a checkpoint, 1 failed.
+    Exit code: 0 finished (or already finished, or stopped by the W&B agent), 2 bad config/arguments,
+    128 + signal when preempted by a signal after saving a checkpoint, 1 failed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
@@ -551,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                 explicit.update(sweep_values)
         config = resolve_config(run_dir, config, explicit)
         if wandb_run is not None:
-            wandb_run.config.update({**config.to_dict(), "run_id": run_id}, allow_val_change=True)
+            tracking.record_config(wandb_run, {**config.to_dict(), "run_id": run_id})
         print(f"run {run_id}: {run_dir}", flush=True)
         handed_over, wandb_run = wandb_run, None  # train() finishes it from here on
         summary = train(config, run_dir, run_id, sweep_id, wandb_run=handed_over)
@@ -560,6 +565,6 @@ def main(argv: list[str] | None = None) -> int:
         if wandb_run is not None:
             wandb_run.finish(exit_code=error.exit_code)
         return error.exit_code
-    if summary.get("status") == "preempted":
+    if summary.get("status") in (stopping.PREEMPT, stopping.STOP):
         return int(summary.get("exit_code", 1))
     return 0 if summary.get("status") == "finished" else 1

@@ -157,7 +157,9 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
     """Run runs of local sweep SWEEP_ID, one at a time, until it ends (or --count runs)."""
     from harness.sweep import agent
 
-    if sweep_id.count("/") == 2 and not sweep_id.startswith("local-"):
+    from harness.launch.gpus import is_wandb_sweep
+
+    if is_wandb_sweep(sweep_id):
         raise SweepError(f"{sweep_id} looks like a W&B sweep path: run it with `wandb agent --forward-signals "
                          f"{sweep_id}` or `python -m harness.launch --gpus 0 --sweep {sweep_id}`")
     options = {"heartbeat_s": heartbeat_s, "stale_after_s": stale_after_s, "poll_s": poll_s,

@@ -8,6 +8,7 @@ CUDA_VISIBLE_DEVICES each agent gets (this machine has no GPU).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -64,10 +65,14 @@ def test_wandb_sweep_builds_exactly_these_agent_commands(tmp_path):
     assert [slot.argv for slot in slots] == [
         ("/env/bin/python", "-m", "wandb", "agent", "--forward-signals", "--count", "5", "my-team/cloudsweep/x1y2z3"),
     ] * 2
+    # W&B starts runs with a bare `python`: the launcher's interpreter's folder comes first on PATH.
+    path = gpus.path_with_python_first("/env/bin/python")
+    assert path.split(os.pathsep)[0] == "/env/bin"
     assert [dict(slot.env) for slot in slots] == [
-        {"CUDA_VISIBLE_DEVICES": "0", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"},
-        {"CUDA_VISIBLE_DEVICES": "3", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"},
+        {"CUDA_VISIBLE_DEVICES": "0", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "PATH": path},
+        {"CUDA_VISIBLE_DEVICES": "3", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "PATH": path},
     ]
+    assert all(slot.wandb for slot in slots)
     assert slots[1].log == tmp_path / "x1y2z3" / "agents" / "agent-3-0.log"
     no_count = gpus.plan_agents("my-team/cloudsweep/x1y2z3", ["0"], tmp_path, python="p")
     assert no_count[0].argv == ("p", "-m", "wandb", "agent", "--forward-signals", "my-team/cloudsweep/x1y2z3")
