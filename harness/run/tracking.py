@@ -51,7 +51,8 @@ def start_wandb(config: Mapping[str, Any], run_dir: Path, run_id: str, project: 
         # Under a sweep the agent set the project and entity; W&B warns about (and ignores) others.
         "project": None if sweep else project or None,
         "entity": None if sweep else entity or None,
-        "config": dict(config),
+        # Where it ran, shown next to the parameters (not a training key: a resume may move GPUs).
+        "config": {**dict(config), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
         "group": os.environ.get("WANDB_RUN_GROUP") or None,
         "mode": mode,
     }

@@ -87,6 +87,7 @@ class FakeSweep:
     config: dict[str, Any]
     yaml_text: str
     state: str = "RUNNING"
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the engine's schema violations
     agents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # agent id -> its info
 
 
@@ -104,6 +105,7 @@ class FakeWandbBackend:
         self.runs: dict[str, FakeRun] = {}
         self.operations: list[str] = []  # every GraphQL operation received, in order
         self.unknown_operations: list[str] = []
+        self.errors: list[str] = []  # exceptions the fake raised while answering
         self.unauthenticated: list[str] = []  # requests that came without credentials
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -184,7 +186,11 @@ class FakeWandbBackend:
             if handler is None:
                 self.unknown_operations.append(name)
                 return {"data": {}}
-            return handler(variables)
+            try:
+                return handler(variables)
+            except Exception as error:  # a bug of the fake: keep it for the test to show
+                self.errors.append(f"{name}: {type(error).__name__}: {error}")
+                raise
 
     def _project(self, name: str, entity: str | None = None) -> dict[str, Any]:
         entity = entity or self.entity
@@ -209,7 +215,7 @@ class FakeWandbBackend:
         project = variables.get("projectName") or config.get("project") or "uncategorized"
         entity = variables.get("entityName") or self.entity
         sweep_id = variables.get("id") or _new_id()
-        self.sweeps[sweep_id] = FakeSweep(sweep_id, entity, project, config, text)
+        self.sweeps[sweep_id] = FakeSweep(sweep_id, entity, project, config, text, warnings=list(warnings))
         return {"data": {"upsertSweep": {"sweep": {"id": f"sweep-{sweep_id}", "name": sweep_id,
                                                    "project": self._project(project, entity)},
                                          "configValidationWarnings": warnings}}}
@@ -420,10 +426,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self._body()
-        if not self.headers.get("Authorization"):
+        path = self.path.split("?", 1)[0]
+        if not self.headers.get("Authorization") and not path.startswith("/sdk/"):  # telemetry goes unsigned
             with self.fake.lock:
                 self.fake.unauthenticated.append(self.path)
-        path = self.path.split("?", 1)[0]
         if path == "/graphql":
             request = json.loads(body or b"{}")
             name = request.get("operationName") or _operation_name(request.get("query") or "")
@@ -460,13 +466,14 @@ def wandb_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
     """A running FakeWandbBackend; this process's environment points the real client at it.
 
     Subprocesses inherit that environment (HOME and WANDB_CONFIG_DIR isolated under tmp_path, a dummy
-    key, WANDB_BASE_URL). WANDB_MODE is unset (the suite's default is disabled): runs go online to
-    the fake unless a test sets it.
+    key, WANDB_BASE_URL). WANDB_MODE and WANDB_SILENT are unset (the suite's defaults): runs go
+    online to the fake unless a test sets WANDB_MODE, and print what they would print to a user.
     """
     backend = FakeWandbBackend().start()
     for key, value in backend.client_env(tmp_path / "wandb-home").items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_SILENT", raising=False)  # tests read what the client prints, as a user would
     for key in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR"):
         monkeypatch.delenv(key, raising=False)
     try:
