@@ -267,8 +267,17 @@ def test_wandb_sweep_on_slurm_runs_real_agents_with_the_launchers_python(wandb_b
     assert read_json(root / sweep_id / run.id / "summary.json")["status"] == "finished"
 
 
+@pytest.mark.parametrize("kill_signal", [
+    signal.SIGTERM,
+    pytest.param(signal.SIGKILL, marks=pytest.mark.xfail(strict=True, reason=(
+        "wandb 0.31.0 writes an offline run's transaction log only when the run finishes: after a SIGKILL "
+        "its run-ID.wandb holds the 7-byte header alone, and `wandb sync` of it fails ('transactionlog: error "
+        "getting next record: EOF'), syncs none of the folders given with it and exits 0 (issue 15)"))),
+])
 def test_wandb_sync_of_a_killed_and_resumed_offline_run_sends_each_epoch_once(wandb_backend, tmp_path, synth_dir,
-                                                                             prepared_cache):
+                                                                             prepared_cache, kill_signal):
+    """An offline run killed after its first epoch's checkpoint, resumed to the end, then both of its
+    offline folders synced: W&B gets every epoch's step exactly once."""
     root = tmp_path / "runs"
     arguments = [f"--{key}={value}" for key, value in
                  tiny_overrides(synth_dir, prepared_cache, epochs=3, steps_per_epoch=4).items()]
@@ -278,12 +287,14 @@ def test_wandb_sync_of_a_killed_and_resumed_offline_run_sends_each_epoch_once(wa
     log = tmp_path / "train.log"
     first = subprocess.Popen(command, env=environment, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     try:
-        # Killed (SIGKILL: no handler runs) during epoch 2, right after epoch 1's checkpoint.
         wait_until(lambda: checkpoint_module.load_state(folder) is not None, 180, "the first epoch's checkpoint",
                    poll_s=0.05)
+        first.send_signal(kill_signal)
+        first.wait(timeout=120)
     finally:
-        first.kill()
-        first.wait()
+        if first.poll() is None:
+            first.kill()
+            first.wait()
     resumed = subprocess.run(command, env=environment, stdout=open(log, "ab"), stderr=subprocess.STDOUT, timeout=300)
     assert resumed.returncode == 0, log.read_text()
     offline = sorted((folder / "wandb").glob("offline-run-*"))
@@ -291,6 +302,7 @@ def test_wandb_sync_of_a_killed_and_resumed_offline_run_sends_each_epoch_once(wa
     sync = subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, offline)], capture_output=True, text=True,
                           timeout=180, cwd=tmp_path)
     assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert "offline1" in wandb_backend.runs, sync.stdout + sync.stderr
     run = wandb_backend.run("offline1")
     assert run.steps() == [1, 2, 3], (run.steps(), sync.stdout + sync.stderr)
     assert sorted(row["_step"] for row in run.received) == [1, 2, 3]
