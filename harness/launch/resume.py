@@ -30,19 +30,19 @@ def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
             continue  # SLURM jobs are re-attached to; runs of other machines are theirs to judge
         if _alive(run.pid) or _alive(_agent_pid(run.agent, host)):
             continue
-        store.finish_run(run.id, "crashed", agent=run.agent)
+        store.finish_run(run.id, "crashed", agent=run.agent, own_failure=False)  # its holder is gone
         crashed.append(run.id)
     if crashed:
         echo(f"[resume] {len(crashed)} run(s) marked running had no live process: crashed ({', '.join(crashed)})")
-    runs = store.runs(sweep_id, states=RESUMABLE_STATES)
-    resumable = [run.id for run in runs if run.attempts < max_attempts]
-    exhausted = [run.id for run in runs if run.attempts >= max_attempts]
+    # --resume is the user's explicit request: runs that used up their attempts get them back.
+    revived = store.revive(sweep_id)
+    if revived:
+        echo(f"[resume] {len(revived)} run(s) that had failed by themselves get {max_attempts} new attempts: "
+             f"{', '.join(revived)}")
+    resumable = [run.id for run in store.runs(sweep_id, states=RESUMABLE_STATES)]
     if resumable:
         echo(f"[resume] {len(resumable)} preempted/crashed run(s) will be resumed first: {', '.join(resumable)}")
-    if exhausted:
-        echo(f"[resume] {len(exhausted)} run(s) used all {max_attempts} attempts and stay as they are: "
-             f"{', '.join(exhausted)}")
-    return {"crashed": crashed, "resumable": resumable, "exhausted": exhausted}
+    return {"crashed": crashed, "resumable": resumable, "revived": revived}
 
 
 def _agent_pid(agent: str | None, host: str) -> int | None:

@@ -130,7 +130,7 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
         return None
     runs = store.runs(sweep.id)
     active = [run for run in runs if run.state in ACTIVE_STATES]
-    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.attempts < max_attempts]
+    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.failures < max_attempts]
     if active or resumable:
         # Those may still crash or be preempted; stay to resume them.
         return f"no new run to hand out; {len(active)} run(s) still active elsewhere"
@@ -173,7 +173,8 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
         return None
     state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
                                    preempt_requested=watch.forwarded)
-    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent)
+    # A signal the agent forwarded (Ctrl-C of the launcher, SIGTERM) is not the run's failure.
+    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent, own_failure=not watch.forwarded)
     best = store.get_run(run.id).best_metric
     metric = f", {sweep.metric_name} best {best:.4g}" if best is not None and sweep.metric_name else ""
     why = f" ({watch.stop_reason})" if watch.stop_reason and state == "stopped" else ""

@@ -51,7 +51,7 @@ def load_engine() -> Any:
 def engine_state(run: "Run", max_attempts: int) -> str:
     """The engine's RunState name for one of our runs (see the module docstring)."""
     if run.state in RESUMABLE_STATES:
-        return "pending" if run.attempts < max_attempts else ("crashed" if run.state == "crashed" else "killed")
+        return "pending" if run.failures < max_attempts else ("crashed" if run.state == "crashed" else "killed")
     if run.state == "stopped":
         return "finished" if run.metric_values else "killed"
     return run.state  # pending, running, finished, failed

@@ -22,17 +22,55 @@ from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, 
 pytestmark = [pytest.mark.slurm]
 
 
-def _sacct(job_ids: list[str]) -> list[dict[str, str]]:
+FINAL_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL")
+
+
+def _sacct_once(job_ids: list[str]) -> list[dict[str, str]]:
     listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State,Start,End,AllocTRES",
                               "-j", ",".join(job_ids)], capture_output=True, text=True, check=True)
     names = ("job_id", "name", "state", "start", "end", "tres")
     return [dict(zip(names, line.split("|"))) for line in listing.stdout.splitlines() if line]
 
 
-def _jobs_named(name: str) -> list[str]:
-    listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", "now-1hour"],
-                             capture_output=True, text=True, check=True)
-    return listing.stdout.split()
+def _recorded(row: dict[str, str]) -> bool:
+    """slurmdbd has the job's own record: its name (not the `allocation` placeholder slurmdbd writes when a
+    step's record arrives first), a final state and an end time."""
+    return row["name"] != "allocation" and row["state"].startswith(FINAL_STATES) and row["end"] not in ("", "Unknown")
+
+
+def _sacct(job_ids: list[str], timeout_s: float = 60) -> list[dict[str, str]]:
+    """Accounting rows of finished jobs, once slurmdbd has recorded all of them (it lags the controller by up to
+    a few seconds: read too early, a job has no row, or a row named `allocation`)."""
+    rows: list[dict[str, str]] = []
+
+    def settled() -> bool:
+        nonlocal rows
+        rows = _sacct_once(job_ids)
+        return {row["job_id"] for row in rows} >= set(job_ids) and all(_recorded(row) for row in rows)
+
+    try:
+        wait_until(settled, timeout_s, f"slurmdbd to record jobs {job_ids}", poll_s=0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last sacct rows: {rows}") from None
+    return rows
+
+
+def _jobs_named(name: str, expected_job: str, timeout_s: float = 60) -> list[str]:
+    """Every job of the last hour named `name`, once slurmdbd lists `expected_job` under that name."""
+    found: list[str] = []
+
+    def listed() -> bool:
+        nonlocal found
+        listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", "now-1hour"],
+                                 capture_output=True, text=True, check=True)
+        found = listing.stdout.split()
+        return expected_job in found
+
+    try:
+        wait_until(listed, timeout_s, f"slurmdbd to list job {expected_job} as {name}", poll_s=0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last listing: {found}") from None
+    return found
 
 
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -120,7 +158,7 @@ def test_interrupted_job_is_requeued_and_its_run_resumes_at_its_epoch(tmp_path, 
         final = store.get_run(run.id)
     assert final.state == "finished" and final.attempts == 1 and final.job_id == run.job_id
     assert "restart 1" in log.read_text()
-    assert _jobs_named(f"cs-{run.id}") == [run.job_id]  # requeued, not resubmitted
+    assert _jobs_named(f"cs-{run.id}", run.job_id) == [run.job_id]  # requeued, not resubmitted
 
 
 @pytest.mark.slow
@@ -148,7 +186,7 @@ def test_launcher_killed_and_restarted_reattaches_without_losing_or_duplicating_
     for run in runs:
         assert run.state == "finished" and run.attempts == 1
         assert len(starts(root, sweep_id, run.id)) == 1  # one process per run: nothing ran twice
-        assert _jobs_named(f"cs-{run.id}") == [run.job_id]  # one job per run
+        assert _jobs_named(f"cs-{run.id}", run.job_id) == [run.job_id]  # one job per run
         assert epochs_logged(root, sweep_id, run.id) == [1, 2, 3]
 
 
@@ -247,7 +285,7 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
         final = store.get_run(run.id)
     assert final.state == "finished" and final.attempts == 1 and len(final.metric_values) == 3
     assert "resuming run" in (folder / "output.log").read_text()
-    assert _jobs_named(f"cs-{run.id}") == [run.job_id]
+    assert _jobs_named(f"cs-{run.id}", run.job_id) == [run.job_id]
 
 
 @pytest.mark.slow
