@@ -276,8 +276,8 @@ def test_wandb_sweep_on_slurm_runs_real_agents_with_the_launchers_python(wandb_b
 
 
 @pytest.mark.parametrize("kill_signal", [
-    signal.SIGTERM,
-    pytest.param(signal.SIGKILL, marks=pytest.mark.xfail(strict=True, reason=(
+    pytest.param(signal.SIGTERM, id="SIGTERM"),
+    pytest.param(signal.SIGKILL, id="SIGKILL", marks=pytest.mark.xfail(strict=True, reason=(
         "wandb 0.31.0 writes an offline run's transaction log only when the run finishes: after a SIGKILL "
         "its run-ID.wandb holds the 7-byte header alone, and `wandb sync` of it fails ('transactionlog: error "
         "getting next record: EOF'), the folders after it are not synced either, and it exits 0 (issue 15)"))),
