@@ -5,9 +5,8 @@ A W&B server cannot run on these machines, so this stands in for it. It was writ
 client's behaviour (wandb 0.31.0; see /work/shared/notes/wandb-client-protocol.md) and answers only
 what the client needs, by GraphQL operation name (`OPERATIONS` lists them). It is a sweep service
 in miniature: it picks each run's parameters with W&B's open-source `sweeps` engine from the
-sweep's YAML, feeds it back the metrics the runs stream (history rows via `file_stream`), issues
-hyperband `stop` commands the way the service does, hands a preempted run out again (`resume`, same
-id and parameters) and tells agents to `exit` once the sweep has nothing left to run or wait for. Everything runs send is recorded per run
+sweep's YAML, feeds it back the metrics the runs stream (history rows via `file_stream`), and issues
+hyperband `stop` commands the way the service does. Everything runs send is recorded per run
 (`FakeRun.history`, `received`, `summary`, `files`, `preempting`, `exitcode`) for tests to assert on.
 
 What it does not do (the real service decides these): authentication beyond "a key was sent",
@@ -104,7 +103,6 @@ class FakeWandbBackend:
         self.lock = threading.RLock()
         self.sweeps: dict[str, FakeSweep] = {}
         self.runs: dict[str, FakeRun] = {}
-        self.agent_sweeps: dict[str, str] = {}  # agent id -> its sweep id
         self.operations: list[str] = []  # every GraphQL operation received, in order
         self.unknown_operations: list[str] = []
         self.errors: list[str] = []  # exceptions the fake raised while answering
@@ -235,12 +233,13 @@ class FakeWandbBackend:
             return {"errors": [{"message": f"sweep {sweep_id} not found"}], "data": None}
         agent_id = f"agent-{len(self.sweeps[sweep_id].agents) + 1}-{_new_id()}"
         self.sweeps[sweep_id].agents[agent_id] = {"host": variables.get("host"), "runs": []}
-        self.agent_sweeps[agent_id] = sweep_id
+        self._agent_sweep = getattr(self, "_agent_sweep", {})
+        self._agent_sweep[agent_id] = sweep_id
         return {"data": {"createAgent": {"agent": {"id": agent_id}}}}
 
     def _op_Heartbeat(self, variables: dict[str, Any]) -> dict[str, Any]:
         agent_id = variables.get("id") or ""
-        sweep = self.sweeps.get(self.agent_sweeps.get(agent_id, ""))
+        sweep = self.sweeps.get(getattr(self, "_agent_sweep", {}).get(agent_id, ""))
         if sweep is None:
             return {"errors": [{"message": f"agent {agent_id} not found"}], "data": None}
         live = json.loads(variables.get("runState") or "{}")
@@ -306,10 +305,6 @@ class FakeWandbBackend:
             return commands
         run = self._next_run(sweep, agent_id)
         if run is None:
-            sweep_runs = [run for run in self.runs.values() if run.sweep_id == sweep.id]
-            if not any(run.state in ("running", "preempted") for run in sweep_runs):
-                sweep.state = "FINISHED"  # nothing left to hand out, nothing to wait for: agents quit
-                commands.append({"type": "exit"})
             return commands
         run.handed_out += 1
         command_type = "resume" if run.handed_out > 1 else "run"
