@@ -10,7 +10,9 @@ final state. Hyperband losers and runs of a stopped sweep are cancelled (`scance
 saves) and recorded stopped. A job that ends without finishing its run (node lost, external scancel,
 preemption without requeue) leaves the run preempted, and it is resubmitted as a new job that
 resumes from the run folder. Time limits and submitit's `_interrupt()` never get that far: the job
-checkpoints and requeues itself (same job id).
+checkpoints and requeues itself (same job id). A run is submitted only while no live process holds
+its folder's lease (harness/run/lease.py); a job whose trainer exits with lease.EXIT_OWNED (75) found
+the folder in use: its run goes back unspent (no attempt counted) and is submitted again later.
 
 Restarting the launcher (after Ctrl-C, kill -9, or a lost login node) re-attaches: runs that are
 pending/running with a job id are watched again, never resubmitted; a run claimed but killed before
@@ -33,15 +35,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import processes
 from harness.launch import jobs
 from harness.launch.gpus import LaunchError, sweep_folder_name
 from harness.launch.profiles import Profile
+from harness.run import lease
 
 AGENT = "slurm"  # the store's agent column for runs this launcher hands to SLURM
 JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job whose id it never saved
 # sacct states of a job that is over (anything else: still queued, running or being requeued).
 TERMINAL_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                        "BOOT_FAIL", "DEADLINE", "REVOKED")
+# squeue states of a job SLURM still means to run. After a node failure the job's sacct row says
+# NODE_FAIL for a few seconds while squeue already shows it PENDING again (requeued, same id).
+QUEUED_JOB_STATES = ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                     "SUSPENDED", "RESIZING")
 DEFAULT_POLL_S = 2.0
 RESULT_GRACE_S = 10.0  # a job over by sacct whose result file is not visible yet (NFS): wait this long
 # A job the scheduler (answering) no longer lists at all is treated as gone after this long; a scheduler that
@@ -119,6 +127,7 @@ class _InFlight:
     unknown_since: float | None = None
     preempted_since: float | None = None
     cancel_sent: float | None = None  # scancel sent before a resubmission; waiting for SLURM to confirm
+    requeue_noted: str | None = None  # the sacct state last reported as requeued (said once)
 
     def __post_init__(self) -> None:
         from harness.sweep import controller
@@ -145,9 +154,10 @@ class SlurmController:
         self.folder = slurm_folder(self.root, sweep_id)
         self.host = socket.gethostname()
         self.in_flight: dict[str, _InFlight] = {}
+        self._held_back: dict[str, str] = {}  # run id -> lease token already reported as holding it
         self.claimed = 0
         self.job_failures = 0  # jobs in a row that ended without ever starting their run
-        self.stop_signal: int | None = None
+        self.signals = processes.SignalFlag((signal.SIGINT, signal.SIGTERM))
         self._executor = None
         self.max_in_flight_seen = 0
         self.outage_since: float | None = None  # the scheduler has not answered since then
@@ -157,13 +167,12 @@ class SlurmController:
     # -- public ------------------------------------------------------------------------------------
     def run(self) -> int:
         """Drive the sweep until it is over (0), detached by a signal (128+N) or jobs keep failing (1)."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.signals.install()
         try:
             self.reattach()
             code = self._loop()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.signals.restore()
         if self.stop_signal:
             ids = ", ".join(item.job.job_id for item in self.in_flight.values()) or "none"
             self.echo(f"[slurm] detached; {len(self.in_flight)} job(s) keep running ({ids}). Re-attach with the same "
@@ -237,6 +246,15 @@ class SlurmController:
             run = self.store.claim_run(self.sweep_id, agent=AGENT, host=self.host, gpu=None, state="pending")
             if run is None:
                 return True
+            holder = lease.live_holder(self._run_folder(run.id))
+            if holder is not None:
+                # Someone still trains in its folder (an old job this controller lost track of, a
+                # process on another node): submitting now would make two writers. Wait for the lease.
+                self.store.release_run(run.id, AGENT)
+                if self._held_back.get(run.id) != holder.token:
+                    self._held_back[run.id] = holder.token
+                    self.echo(f"[slurm] run {run.id} not submitted: its folder is held by {holder.describe()}")
+                return False
             self.claimed += 1
             self._submit(sweep, run)
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.in_flight))
@@ -279,6 +297,7 @@ class SlurmController:
         answer = job_states([item.job.job_id for item in self.in_flight.values()])
         self._note_scheduler(answer is not None)
         states = answer or {}
+        self._note_requeued(states)
         now = time.time()
         for item in list(self.in_flight.values()):
             self._sync(item)
@@ -317,6 +336,30 @@ class SlurmController:
                 continue  # a job that completed wrote its result: on a slow shared filesystem it may lag
             self._finish(item, state)
 
+    def _note_requeued(self, states: dict[str, str]) -> None:
+        """Jobs sacct calls over but squeue still queues were requeued by SLURM: not over (in place).
+
+        Without this a job requeued after a node failure would be seen NODE_FAIL, its run resubmitted
+        as a new job, and the run trained twice (the requeued job and the new one).
+        """
+        by_id = {item.job.job_id: item for item in self.in_flight.values()}
+        suspects = [job_id for job_id, state in states.items() if job_id in by_id and state
+                    and state.split()[0] in TERMINAL_JOB_STATES and not _result_exists(by_id[job_id].job)]
+        queued_now = queue_states(suspects)
+        if queued_now is None:  # squeue does not answer: whether they were requeued is unknown, so not over yet
+            for job_id in suspects:
+                states[job_id] = "UNKNOWN"
+            return
+        for job_id, queued in queued_now.items():
+            if queued.split()[0] not in QUEUED_JOB_STATES:
+                continue
+            item = by_id[job_id]
+            if item.requeue_noted != states[job_id]:
+                item.requeue_noted = states[job_id]
+                self.echo(f"[slurm] job {job_id}: {states[job_id]} but queued again ({queued}): SLURM requeued it "
+                          f"(run {item.run_id} resumes from its folder)")
+            states[job_id] = queued
+
     def _sync(self, item: _InFlight) -> bool:
         """Run folder -> store: placement (host, GPU) and metrics. True when new epochs arrived."""
         placement = jobs.read_placement(item.folder)
@@ -334,10 +377,10 @@ class SlurmController:
     def _hyperband(self, sweep: Any) -> None:
         if not sweep.spec.get("early_terminate") or not self.in_flight:
             return
-        from harness.sweep import controller
+        from harness.sweep import engine
 
         try:
-            to_stop = controller.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
+            to_stop = engine.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
         except ValueError as error:
             self.echo(f"[slurm] early_terminate ignored: {error}")
             return
@@ -369,6 +412,14 @@ class SlurmController:
                 error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
         placement = jobs.read_placement(item.folder)
         started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        if exit_code == lease.EXIT_OWNED:
+            # The job's trainer found the folder's lease held by another live process: not a crash,
+            # no attempt spent; it is submitted again once the lease is free.
+            self.store.release_run(item.run_id, AGENT)
+            del self.in_flight[item.run_id]
+            self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} found its folder owned by another process "
+                      f"(exit {exit_code}): given back, no attempt spent")
+            return
         if exit_code is not None:
             state = controller.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
             self.job_failures = 0
@@ -478,13 +529,13 @@ class SlurmController:
         summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
         self.echo(f"[slurm] sweep {self.sweep_id} is {status.outcome(sweep, counts)}: {summary or 'no runs'}")
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop_signal = self.stop_signal or signum
+    @property
+    def stop_signal(self) -> int | None:
+        """The first signal that asked the launcher to detach (None: none yet)."""
+        return self.signals.first
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stop_signal:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        processes.sleep_unless(seconds, lambda: self.signals.count)
 
 
 def job_states(job_ids: list[str]) -> dict[str, str] | None:
@@ -507,6 +558,14 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
             if job_id:
                 states[job_id.strip()] = state.strip()
         return states
+    return queue_states(job_ids)
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: squeue state} for those of these jobs still in the queue (one squeue call); None when
+    squeue does not answer."""
+    if not job_ids:
+        return {}
     try:
         queue = subprocess.run(["squeue", "-h", "-o", "%A|%T", "-j", ",".join(job_ids)],
                                capture_output=True, text=True, timeout=60)
@@ -514,9 +573,11 @@ def job_states(job_ids: list[str]) -> dict[str, str] | None:
         return None
     if queue.returncode != 0 and not _invalid_job_id(queue.stderr):
         return None
+    states: dict[str, str] = {}
     for line in queue.stdout.splitlines():
         job_id, _, state = line.partition("|")
-        states[job_id.strip()] = state.strip()
+        if job_id.strip():
+            states[job_id.strip()] = state.strip()
     return states
 
 
