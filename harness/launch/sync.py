@@ -23,8 +23,11 @@ How it behaves (checked against tests/fakes/wandb_backend.py, see tests/launch/t
 - It works in its own thread and child processes: the launcher's loop never waits for it, except at
   the very end (`close`), when it gives the last uploads `timeout_s` to finish.
 - A folder whose writer is gone (a newer folder of the run exists, or the launcher is finishing) and
-  whose live sync has not exited after its file stopped growing for `stall_s` is ended and marked
-  synced: W&B's live mode documents that it may hang on a run that crashed uncleanly.
+  whose live sync has not exited after its file stopped growing for `stall_s`, while the service was
+  reachable all that time, is ended and marked synced: W&B's live mode hangs on the `.wandb` file of a
+  process killed without finishing (seen with kill -9; W&B documents it). While the service is not
+  reachable the sync is left to retry (its back-off is capped at `RETRY_WAIT_MAX_S` so it tries again
+  soon after the service is back).
 
 `sync_sweep` (`harness sync SWEEP_ID`) is the same by hand, for a sweep that ran with no network:
 one `wandb sync` of every folder not yet synced; W&B's `.wandb.synced` markers make a second call
@@ -49,6 +52,26 @@ RUN_ENV = {"WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL": str(FLUSH_INTERVAL_S)}
 HEADER_BYTES = 7  # a .wandb file holding only its header: the process wrote nothing before it died
 OFFLINE_PREFIX = "offline-run-"
 SYNC_LOG_DIR = "sync"  # <root>/<sweep>/sync/<run id>.log: what the sync processes printed
+RETRY_WAIT_MAX_S = 10  # the sync processes' longest wait between retries (wandb-core's file_stream/GraphQL)
+SYNC_ENV = {"WANDB_X_FILE_STREAM_RETRY_WAIT_MAX_SECONDS": str(RETRY_WAIT_MAX_S),
+            "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": str(RETRY_WAIT_MAX_S)}
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def service_reachable(base_url: str | None = None, timeout_s: float = 5.0) -> bool:
+    """Does the W&B service answer at all (any HTTP status below 500)? Only a health probe: the
+    uploads themselves are W&B's own sync."""
+    import urllib.error
+    import urllib.request
+
+    url = (base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/") + "/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.status < 500
+    except urllib.error.HTTPError as error:
+        return error.code < 500
+    except (OSError, ValueError):
+        return False
 
 
 def offline_folders(root: Path, sweep_id: str) -> dict[str, list[Path]]:
@@ -114,6 +137,8 @@ class LiveSyncer:
         self.log_dir = self.root / sweep_folder_name(sweep_id) / SYNC_LOG_DIR
         self.folders: dict[Path, _Folder] = {}
         self.started = 0  # sync processes started, in all
+        self.reachable_since: float | None = None  # since when the service has answered each probe
+        self._probed = False  # probed in this pass already
         self._finishing = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,6 +190,7 @@ class LiveSyncer:
     def step(self) -> None:
         """One pass: reap finished sync processes, end stalled ones, start the next folders."""
         now = time.monotonic()
+        self._probed = False
         for run_id, folders in offline_folders(self.root, self.sweep_id).items():
             for position, path in enumerate(folders):
                 record = self.folders.setdefault(path, _Folder(path))
@@ -179,11 +205,13 @@ class LiveSyncer:
         size = file_size(record.path)
         if size != record.size:
             record.size, record.grew_at = size, now
-        stalled = superseded and now - record.grew_at >= self.stall_s
+        quiet = superseded and now - record.grew_at >= self.stall_s
         if record.process is not None:
             code = record.process.poll()
             if code is None:
-                if stalled:  # its writer is gone and nothing came for a while: W&B's live mode can hang here
+                # Its writer is gone, nothing came for a while and the service was up all along:
+                # what hangs here is W&B's live mode on a file without an exit record.
+                if superseded and self._reachable_for(self.stall_s, now) and quiet:
                     _terminate(record.process)
                     record.process = None
                     mark_synced(record.path)
@@ -205,7 +233,7 @@ class LiveSyncer:
             record.done = True
             return
         if size <= HEADER_BYTES:
-            if stalled:  # a process that died before writing anything: nothing to upload
+            if quiet:  # a process that died before writing anything: nothing to upload
                 record.done = True
             return
         if now < record.retry_at or self._running() >= self.max_processes:
@@ -223,11 +251,21 @@ class LiveSyncer:
             record.process = subprocess.Popen(
                 [self.python, "-m", "wandb", "beta", "sync", "--live", str(record.path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent, env={**SYNC_ENV, **os.environ},
             )
         self.started += 1
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _reachable_for(self, seconds: float, now: float) -> bool:
+        """Has the service answered every probe for `seconds`? (At most one probe per pass.)"""
+        if not self._probed:
+            self._probed = True
+            if service_reachable():
+                self.reachable_since = self.reachable_since or now
+            else:
+                self.reachable_since = None
+        return self.reachable_since is not None and now - self.reachable_since >= seconds
+
     def _log(self, run_id: str) -> Path:
         return self.log_dir / f"{run_id}.log"
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from harness.launch import sync as sync_module
+from harness.run import checkpoint as checkpoint_module
 from harness.sweep.store import Store
 from tests.conftest import tiny_overrides
 from tests.fakes.wandb_backend import FakeWandbBackend
@@ -127,23 +128,42 @@ def test_history_arrives_while_the_run_trains_on_a_box(offline_runs, tmp_path, s
     assert offline_runs.run(run_id).received_steps() == list(range(1, epochs + 1))
 
 
-def test_a_preempted_and_resumed_run_is_one_wandb_run_with_each_step_once(offline_runs, tmp_path, synth_dir,
-                                                                          prepared_cache):
+@pytest.mark.parametrize("interruption", ["launcher-sigterm", "run-sigkill"])
+def test_an_interrupted_and_resumed_run_is_one_wandb_run_with_each_step_once(offline_runs, tmp_path, synth_dir,
+                                                                             prepared_cache, interruption):
+    """launcher-sigterm: the run saves and is recorded preempted. run-sigkill: the run's process is
+    killed -9 right after its second epoch's checkpoint (frozen with SIGSTOP first, so the checkpoint
+    and the epochs it logged are known to match). Either way the resumed run writes a second offline
+    folder with the same id, and W&B ends with one run, steps 1..N once each."""
     root, log = tmp_path / "runs", tmp_path / "launch.log"
-    epochs = 6
-    sweep_id = local_sweep(root, tmp_path, synth_dir, prepared_cache, [0.01], epochs=epochs, steps_per_epoch=4)
-    first = launch(["--gpus", "none", "--agents", "1", "--sync", "--sweep", sweep_id], root, log, tmp_path)
+    epochs = 5
+    sweep_id = local_sweep(root, tmp_path, synth_dir, prepared_cache, [0.01], epochs=epochs, steps_per_epoch=6)
+    first = launch(["--gpus", "none", "--agents", "1", "--count", "1", "--max-restarts", "0", "--sync",
+                    "--sweep", sweep_id], root, log, tmp_path)
     try:
         wait_until(lambda: run_ids(root, sweep_id), 60, "the run's claim")
         (run_id,) = run_ids(root, sweep_id)
-        wait_until(lambda: len(metric_rows(root, sweep_id, run_id)) >= 2, 240, "two epochs", poll_s=0.1)
-        first.send_signal(signal.SIGTERM)  # the run saves a checkpoint and is recorded preempted
-        assert finish(first, log) == 128 + signal.SIGTERM, log.read_text()
+        folder = root / sweep_id / run_id
+        if interruption == "launcher-sigterm":
+            wait_until(lambda: len(metric_rows(root, sweep_id, run_id)) >= 2, 240, "two epochs", poll_s=0.05)
+            first.send_signal(signal.SIGTERM)  # the run saves a checkpoint and is recorded preempted
+            assert finish(first, log) == 128 + signal.SIGTERM, log.read_text()
+        else:
+            def second_checkpoint() -> bool:
+                state = checkpoint_module.load_state(folder)
+                return state is not None and state.epoch >= 2
+
+            wait_until(second_checkpoint, 240, "the second epoch's checkpoint", poll_s=0.01)
+            with Store(root) as store:
+                pid = store.get_run(run_id).pid
+            os.kill(pid, signal.SIGSTOP)
+            assert len(metric_rows(root, sweep_id, run_id)) == checkpoint_module.load_state(folder).epoch == 2
+            os.kill(pid, signal.SIGKILL)
+            assert finish(first, log) == 0, log.read_text()  # --count 1: the agent is done after the crash
     finally:
         if first.poll() is None:
             first.kill()
-    done_before = len(metric_rows(root, sweep_id, run_id))
-    assert done_before < epochs
+    assert len(metric_rows(root, sweep_id, run_id)) < epochs
     second = launch(["--gpus", "none", "--agents", "1", "--sync", "--resume", "--sweep", sweep_id], root, log, tmp_path)
     assert finish(second, log) == 0, log.read_text()
     folders = sync_module.offline_folders(root, sweep_id)[run_id]
