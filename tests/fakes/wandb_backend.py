@@ -474,6 +474,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(b"")
 
     def do_GET(self) -> None:
+        if self._refuse():
+            return
         self._reply({})
 
 

@@ -133,7 +133,7 @@ def test_an_interrupted_and_resumed_run_is_one_wandb_run_with_each_step_once(off
                                                                              prepared_cache, interruption):
     """launcher-sigterm: the run saves and is recorded preempted. run-sigkill: the run's process is
     killed -9 right after its second epoch's checkpoint (frozen with SIGSTOP first, so the checkpoint
-    and the epochs it logged are known to match). Either way the resumed run writes a second offline
+    and the epochs it logged are known to match, and killed once those reached W&B). Either way the resumed run writes a second offline
     folder with the same id, and W&B ends with one run, steps 1..N once each."""
     root, log = tmp_path / "runs", tmp_path / "launch.log"
     epochs = 5
@@ -158,6 +158,10 @@ def test_an_interrupted_and_resumed_run_is_one_wandb_run_with_each_step_once(off
                 pid = store.get_run(run_id).pid
             os.kill(pid, signal.SIGSTOP)
             assert len(metric_rows(root, sweep_id, run_id)) == checkpoint_module.load_state(folder).epoch == 2
+            # A kill -9 loses what W&B had not flushed to the .wandb file yet (at most its flush
+            # interval, documented): kill once both epochs are out, so the test knows what to expect.
+            wait_until(lambda: run_id in offline_runs.runs and offline_runs.run(run_id).received_steps() == [1, 2],
+                       90, "the killed process's two epochs at the fake", poll_s=0.1)
             os.kill(pid, signal.SIGKILL)
             assert finish(first, log) == 0, log.read_text()  # --count 1: the agent is done after the crash
     finally:
@@ -205,9 +209,17 @@ def test_harness_sync_uploads_a_fully_offline_sweep_once(offline_runs, tmp_path,
     process = launch(["--gpus", "none", "--agents", "1", "--sweep", sweep_id], root, log, tmp_path)  # no --sync
     assert finish(process, log) == 0, log.read_text()
     assert offline_runs.runs == {}  # air-gapped: nothing reached W&B
+    # A process killed before W&B wrote anything leaves a header-only .wandb file, and `wandb sync` of
+    # such a file fails the whole batch (issue 13's note): `harness sync` must leave it out.
+    real = next(iter(sync_module.offline_folders(root, sweep_id).values()))[0]
+    dead = root / sweep_id / "deadrun1" / "wandb" / "offline-run-20200101_000000-deadrun1"
+    dead.mkdir(parents=True)
+    sync_module.wandb_file(dead).write_bytes(sync_module.wandb_file(real).read_bytes()[:sync_module.HEADER_BYTES])
     first = harness_sync(sweep_id, root, tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "uploaded 2 offline folder(s)" in first.stdout
+    assert "1 folder(s) of processes that wrote nothing: skipped (deadrun1/" in first.stdout
+    assert "deadrun1" not in offline_runs.runs
     assert_one_wandb_run_per_run(offline_runs, root, sweep_id, epochs)
     operations = len(offline_runs.operations)
     second = harness_sync(sweep_id, root, tmp_path)
