@@ -7,7 +7,7 @@ DATA   ?=
 # Where the demo writes everything (data, cache, runs); `make demo DEMO_DIR=/tmp/x` to move it.
 DEMO_DIR ?= demo
 
-.PHONY: help venv test test-fast demo bench clean
+.PHONY: help venv test test-fast test-repeat demo bench clean
 
 help:
 	@echo "make demo   # generate data, run a local sweep with two CPU agents, evaluate the best run"
@@ -24,6 +24,17 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Flake hunt: run the tests matching K (a pytest -k expression) N times in a row; stops at the first failure.
+#   make test-repeat N=10 K=slurm        (the SLURM tests; the test cluster starts itself)
+N ?= 10
+K ?= slurm or agent
+test-repeat: $(STAMP)
+	@pass=0; for i in $$(seq 1 $(N)); do \
+	    echo "== round $$i of $(N): pytest -k '$(K)'"; \
+	    $(BIN)/python -m pytest -q -k "$(K)" || { echo "== failed in round $$i ($$pass of $(N) passed)"; exit 1; }; \
+	    pass=$$((pass + 1)); \
+	done; echo "== $$pass of $(N) rounds passed"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not slurm"

@@ -31,7 +31,7 @@ TRAIN_METRICS = ("loss", "dice_coef", "kaggle_dice")
 LOGGED_METRICS = TRAIN_METRICS + tuple(f"val_{name}" for name in TRAIN_METRICS) + ("lr", "epoch")
 
 # Arguments of `python -m harness.train` that say where/which run this is, not how to train it.
-CONTROL_KEYS = ("config", "run_id", "root", "sweep_id")
+CONTROL_KEYS = ("config", "run_id", "root", "sweep_id", "restart")
 
 
 @dataclasses.dataclass
@@ -65,6 +65,7 @@ class Config:
     lr_factor: float = 0.5  # LR multiplier on plateau
     threshold: float = 0.5  # probability threshold of the challenge metric (kaggle_dice)
     seed: int = 42  # split, shuffling, augmentation and weight init
+    deterministic: bool = False  # TensorFlow deterministic ops: same seed, same weights, bit for bit (slower)
     # --- tracking -------------------------------------------------------------------------------
     wandb_project: str = "cloudsweep"  # W&B project (mode follows WANDB_MODE: online/offline/disabled)
     wandb_entity: str = ""  # W&B entity; empty: the account's default

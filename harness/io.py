@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 DEFAULT_ROOT = "runs"
 
@@ -74,22 +75,43 @@ def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
         return default
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, ignoring a torn last line (a writer killed mid-line)."""
+def read_jsonl(path: str | os.PathLike[str], skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The JSON-object lines of a JSON-lines file, skipping every torn or unparsable line wherever it is.
+
+    This is the one reader of `metrics.jsonl` (training, the store, hyperband, the SLURM controller,
+    status and reports all read through it). A writer killed mid-line leaves a torn line; the
+    rows after it (appended by a resumed run) are still read. Each skipped line is reported: as a
+    message appended to `skipped` when given, else as one line on stderr. A missing file is empty.
+    """
     rows: list[dict[str, Any]] = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    row, why = None, f"not JSON ({error.msg})"
+                else:
+                    why = "not a JSON object"
+                if isinstance(row, dict):
+                    rows.append(row)
+                    continue
+                message = f"{path}: line {number} skipped, {why}: {line[:60]!r}"
+                if skipped is None:
+                    print(f"warning: {message}", file=sys.stderr, flush=True)
+                else:
+                    skipped.append(message)
     except FileNotFoundError:
         pass
     return rows
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    """The JSON-lines text of `rows`, as `read_jsonl` reads it back (keys sorted, one row a line)."""
+    return "".join(json.dumps(row, sort_keys=True, default=_json_default) + "\n" for row in rows)
 
 
 def _json_default(value: Any) -> Any:

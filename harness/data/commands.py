@@ -35,7 +35,7 @@ def synth_command(out: Path, images: int, test_images: int, size: str, seed: int
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--size", default="384x576", show_default=True, help="Cache image size HxW.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Decoding processes [default: CPU count].")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--cache-dir", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache root [default: DATA_DIR/cache].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def prepare_command(data_dir: Path, size: str, workers: int | None, cache_dir: Path | None, quiet: bool) -> None:

@@ -80,6 +80,9 @@ def _make_class() -> type:
             augment_module.build(augment)  # fail now, on the caller's thread, for an unknown name
             self.epoch = 0
             self._order = self._epoch_order(0)
+            self._skip: tuple[int, int] | None = None  # (epoch, batches): placeholders, see skip_batches
+            self._placeholders: dict[int, Any] = {}  # batch size -> zeros shaped like a real batch
+            self._building = threading.local()  # set while a placeholder's model batch is built
 
         # Keras API --------------------------------------------------------------------------------
         def __len__(self) -> int:
@@ -90,6 +93,9 @@ def _make_class() -> type:
             if not 0 <= batch_index < len(self):
                 raise IndexError(f"batch {batch_index} out of range (0..{len(self) - 1})")
             chosen = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            if self._skip is not None and self.epoch == self._skip[0] and batch_index < self._skip[1] \
+                    and not getattr(self._building, "real", False):
+                return self._placeholder(batch_index, len(chosen))
             images = np.empty((len(chosen), *self.cache.size, 3), dtype=np.uint8)
             masks = np.empty((len(chosen), *self.cache.size, 4), dtype=np.float32)
             pipeline = self._pipeline()
@@ -113,6 +119,24 @@ def _make_class() -> type:
             self.epoch = int(epoch)
             self._order = self._epoch_order(self.epoch)
 
+        def skip_batches(self, epoch: int, count: int) -> None:
+            """Serve zero placeholders for the first `count` batches of `epoch` (0-based): a run resumed
+            at batch `count` of that epoch skips those steps (see harness.run.train) and should not
+            spend time reading and augmenting images it discards. The others are unchanged."""
+            self._skip = (int(epoch), int(count)) if count > 0 else None
+
+        def _placeholder(self, batch_index: int, size: int) -> Any:
+            # A batch the resumed run skips (trained before the interruption): zeros with the structure,
+            # shapes and dtypes of a real batch (built once per batch size), so no image work per batch.
+            if size not in self._placeholders:
+                self._building.real = True
+                try:
+                    real = self[batch_index]
+                finally:
+                    self._building.real = False
+                self._placeholders[size] = _zeros_like(real)
+            return self._placeholders[size]
+
         def _epoch_order(self, epoch: int) -> np.ndarray:
             if not self.shuffle:
                 return self.indices
@@ -127,6 +151,15 @@ def _make_class() -> type:
             return self._pipelines.value
 
     return CloudDataset
+
+
+def _zeros_like(batch: Any) -> Any:
+    """Zeros shaped like `batch`: arrays inside tuples, lists and dicts, structure kept."""
+    if isinstance(batch, dict):
+        return {key: _zeros_like(value) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_zeros_like(value) for value in batch)
+    return np.zeros_like(batch)
 
 
 _CLASS: type | None = None

@@ -9,46 +9,88 @@ from pathlib import Path
 import click
 
 from harness.errors import HarnessError
+from harness.sweep import commands as sweep_commands
 
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DATA_DIR_HELP = "Use this data folder instead of the run's data_dir (its cache: --cache-dir or DATA_DIR/cache)."
 
 
+def members_options(function):
+    """RUN_DIR... or --sweep ID --top K, --root and --out-dir: what makes a run or an ensemble."""
+    function = click.option("--out-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+                            help="Folder of an ensemble's postprocess.json / evaluation.json "
+                                 "[default with --sweep: ROOT/SWEEP_ID/ensemble-topK].")(function)
+    function = sweep_commands.store_option(function)
+    function = click.option("--root", default=None, help="Runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs).")(function)
+    function = click.option("--top", type=click.IntRange(min=1), default=None,
+                            help="With --sweep: the K best finished runs by the sweep's metric [default: 1].")(function)
+    function = click.option("--sweep", "sweep_id", default=None,
+                            help="Use the best finished runs of this local sweep instead of RUN_DIRs.")(function)
+    return click.argument("run_dirs", nargs=-1, type=RUN_DIR)(function)
+
+
+def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None, out_dir: Path | None,
+            data_dir: str | None = None, cache_dir: str | None = None):
+    from harness.evaluate import ensemble
+
+    target = ensemble.resolve(run_dirs, sweep_id=sweep_id, top=top, root=root, out_dir=out_dir,
+                              data_dir=data_dir, cache_dir=cache_dir)
+    if target.is_ensemble:
+        click.echo(f"{target.label}: members share the validation split ({', '.join(ensemble.SPLIT_KEYS)} checked); "
+                   f"writing into {target.folder}")
+    return target
+
+
 @click.command("postprocess")
-@click.argument("run_dir", type=RUN_DIR)
+@members_options
 @click.option("--trials", type=click.IntRange(min=1), default=None,
-              help="Random search: this many thresholds drawn in [0.2, 0.85] (every min size is scored for each).")
-@click.option("--grid", "use_grid", is_flag=True, help="Grid search: thresholds 0.30..0.80 step 0.05 (the default).")
-@click.option("--mask-rule", is_flag=True, help="Also search the mask-level rule: drop a class when its largest "
-              "probability < p_min or its kept area < area_min.")
+              help="Random search: this many thresholds drawn in [0.2, 0.9] (every min size is scored for each); "
+                   "default: the grid of thresholds 0.30..0.90")
+@click.option("--mask-rule", is_flag=True, help="Also search a minimum kept area: drop a class when its kept area < area_min.")
+@click.option("--presence", type=click.Choice(["auto", "off", "pixels", "classifier", "mean"]), default="auto", show_default=True,
+              help="Presence score of the per-class gate: pixels (mean of the top-k pixel probabilities), classifier "
+                   "(the presence head), mean (of both); auto searches each the model supports; off: no gate.")
+@click.option("--top-k", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Pixels of the top-k mean, at 350x525 (scaled to the image size).")
+@click.option("--keep-top", is_flag=True, help="Never gate away each image's most likely class (every image has one).")
+@click.option("--folds", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Held-out estimate: tune on K-1 folds of the validation images, score on the last, K times (0: none).")
+@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+              help="Tune on flip-TTA maps (mean of the image and its flips); `harness predict` then uses the same.")
 @click.option("--data-dir", default=None, help=DATA_DIR_HELP)
 @click.option("--cache-dir", default=None, help="Use this data cache root instead of the run's.")
 @click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use only the first N validation images (0: all).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --trials.")
-def postprocess_command(run_dir: Path, trials: int | None, use_grid: bool, mask_rule: bool, data_dir: str | None,
-                        cache_dir: str | None, limit: int, seed: int) -> None:
-    """Tune per-class thresholds and minimum component sizes on RUN_DIR's validation split.
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --trials and of the folds.")
+def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
+                        out_dir: Path | None, trials: int | None, mask_rule: bool, presence: str,
+                        top_k: int, keep_top: bool, folds: int, tta: str, data_dir: str | None, cache_dir: str | None,
+                        limit: int, seed: int) -> None:
+    """Tune per-class post-processing on the validation split of a run or an ensemble of runs.
 
-    Writes RUN_DIR/postprocess.json (used by `harness evaluate` and `harness predict`) and prints the
-    per-class table: dice before (threshold 0.5), dice after, chosen threshold and size.
+    Per class: a presence gate, a threshold and a minimum component size, or "drop" (predict nothing)
+    when that scores best. Writes postprocess.json (used by `harness evaluate` and `harness predict`)
+    into RUN_DIR (or the ensemble's folder) and prints the per-class table: all-empty baseline, raw
+    (threshold 0.5), tuned-on, held-out (k-fold), and the decision.
     """
     from harness.evaluate import postprocess
 
-    if trials and use_grid:
-        raise HarnessError("--trials and --grid exclude each other: pick one search")
-    document = postprocess.tune_run(run_dir, trials=trials or 0, mask_rule=mask_rule, data_dir=data_dir,
-                                    cache_dir=cache_dir, limit=limit, seed=seed)
+    if folds == 1:
+        raise HarnessError("--folds 1 leaves nothing to tune on: use 2 or more (or 0 for no held-out estimate)")
+    target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir)
+    document = postprocess.tune_target(target, trials=trials or 0, mask_rule=mask_rule, presence=presence, top_k=top_k,
+                                       keep_top=keep_top, folds=folds, tta=tta, limit=limit, seed=seed)
     click.echo(postprocess.format_table(document))
+    click.echo(postprocess.summary_line(document))
     search = document["search"]
     click.echo(f"{document['validation_images']} validation images, {search['candidates_per_class']} candidates per "
                f"class, search {search['seconds']:.2f} s; min sizes in pixels at {document['image_size']} "
                f"(@350x525: the same area at the submission size)")
-    click.echo(f"wrote {run_dir / postprocess.POSTPROCESS_FILE}")
+    click.echo(f"wrote {target.folder / postprocess.POSTPROCESS_FILE}")
 
 
 @click.command("evaluate")
-@click.argument("run_dir", type=RUN_DIR)
+@members_options
 @click.option("--augment", default=None, help="Pipeline of the augmented check (none|flips|default|strong) "
               "[default: the run's augment, or default].")
 @click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
@@ -59,27 +101,28 @@ def postprocess_command(run_dir: Path, trials: int | None, use_grid: bool, mask_
               help="Use only the first N validation images (0: all).")
 @click.option("--overlays", type=click.IntRange(min=0), default=6, show_default=True,
               help="Validation images drawn in plots/overlays.png.")
-def evaluate_command(run_dir: Path, augment: str | None, tta: str, data_dir: str | None, cache_dir: str | None,
+def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
+                     out_dir: Path | None, augment: str | None, tta: str, data_dir: str | None, cache_dir: str | None,
                      limit: int, overlays: int) -> None:
-    """Score RUN_DIR on its validation split (plain, augmented, TTA; raw and post-processed, per class).
+    """Score a run or an ensemble on its validation split (plain, augmented, TTA; raw and post-processed).
 
-    Writes RUN_DIR/evaluation.json and PNGs in RUN_DIR/plots/ (learning curves, overlays, tables); logs
-    them to the run's W&B run when W&B is on.
+    Writes evaluation.json and PNGs in plots/ (learning curves, overlays, tables) into RUN_DIR (or the
+    ensemble's folder); logs them to the run's W&B run when W&B is on (single runs).
     """
     from harness.config import AUGMENTATIONS
     from harness.evaluate import evaluate
 
     if augment is not None and augment not in AUGMENTATIONS:
         raise HarnessError(f"--augment {augment!r} is not one of: {', '.join(AUGMENTATIONS)}")
-    document = evaluate.evaluate_run(run_dir, augment=augment, tta=tta, data_dir=data_dir, cache_dir=cache_dir,
-                                     limit=limit, overlays=overlays)
+    target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir)
+    document = evaluate.evaluate_target(target, augment=augment, tta=tta, limit=limit, overlays=overlays)
     click.echo(evaluate.format_report(document))
-    click.echo(f"wrote {run_dir / evaluate.EVALUATION_FILE} and {len(document['plots'])} plots in {run_dir / 'plots'}"
+    click.echo(f"wrote {target.folder / evaluate.EVALUATION_FILE} and {len(document['plots'])} plots in {target.folder / 'plots'}"
                + (" (and logged them to W&B)" if document.get("wandb") else ""))
 
 
 @click.command("predict")
-@click.argument("run_dir", type=RUN_DIR)
+@members_options
 @click.option("--images", "images_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of test images (e.g. DATA_DIR/test_images).")
 @click.option("--out", default="submission.csv", show_default=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -87,18 +130,22 @@ def evaluate_command(run_dir: Path, augment: str | None, tta: str, data_dir: str
 @click.option("--sample-submission", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write rows in this file's order; its images must be exactly those in --images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
-              help="flips: average the predictions of the image and its horizontal and vertical flips.")
-def predict_command(run_dir: Path, images_dir: Path, out: Path, sample_submission: Path | None, batch_size: int,
-                    tta: str) -> None:
-    """Write a challenge submission (Image_Label,EncodedPixels at 350x525) for the images in --images."""
+@click.option("--tta", type=click.Choice(["none", "flips"]), default=None,
+              help="flips: average the predictions of the image and its horizontal and vertical flips "
+                   "[default: what the post-processing was tuned with].")
+def predict_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
+                    out_dir: Path | None, images_dir: Path, out: Path, sample_submission: Path | None, batch_size: int,
+                    tta: str | None) -> None:
+    """Write a challenge submission (Image_Label,EncodedPixels at 350x525) for the images in --images,
+    from one run or the average of an ensemble's members."""
     from harness.evaluate import predict
 
-    result = predict.predict_run(run_dir, images_dir, out=out, sample_submission=sample_submission,
-                                 batch_size=batch_size, tta=tta)
+    target = _target(run_dirs, sweep_id, top, root, out_dir)
+    result = predict.predict_target(target, images_dir, out=out, sample_submission=sample_submission,
+                                    batch_size=batch_size, tta=tta)
     click.echo(f"wrote {result['path']}: {result['rows']} rows for {result['images']} images "
-               f"({result['non_empty_rows']} non-empty masks; post-processing from {result['postprocess']}); "
-               "every row checked")
+               f"({result['non_empty_rows']} non-empty masks; {result['members']} model(s), tta {result['tta']}; "
+               f"post-processing from {result['postprocess']}); every row checked")
 
 
 @click.command("compare")
@@ -116,6 +163,7 @@ def compare_command(run_a: Path, run_b: Path, out: Path | None) -> None:
 @click.command("report")
 @click.argument("sweep_id")
 @click.option("--root", default=None, help="runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs)")
+@sweep_commands.store_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Best runs listed.")
 def report_command(sweep_id: str, root: str | None, top: int) -> None:
     """Best runs, parallel coordinates and parameter importance of a local sweep (PNG + report.md)."""
@@ -133,8 +181,6 @@ def register(group: click.Group) -> None:
     """Add this area's commands to `group` (and `report` to the sweep area's `harness sweep`)."""
     for command in (postprocess_command, evaluate_command, predict_command, compare_command):
         group.add_command(command)
-    from harness.sweep import commands as sweep_commands
-
     sweep_group = getattr(sweep_commands, "sweep_group", None)
     if sweep_group is not None:
         sweep_group.add_command(report_command)

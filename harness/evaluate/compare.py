@@ -20,13 +20,16 @@ COMPARISON_FILE = "comparison.png"
 
 
 def run_scores(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """{'name', 'model', 'source', 'raw': {class: dice}, 'post': {class: dice}} with 'mean' in both."""
+    """{'name', 'model', 'source', 'raw': {class: dice}, 'post': {class: dice}, 'held_out': {class: dice}
+    or None} with 'mean' in each; held_out is the tuning's held-out estimate (postprocess.json with folds)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise HarnessError(f"run folder not found: {run_dir}")
     config = io.read_json(run_dir / "config.json") or {}
     name = str(config.get("run_id") or run_dir.name)
     model = str(config.get("model", "?"))
+    tuned = io.read_json(run_dir / "postprocess.json")
+    held_out = _held_out(tuned)
     evaluation = io.read_json(run_dir / "evaluation.json")
     if evaluation is not None:
         plain = evaluation["results"]["plain"]
@@ -34,15 +37,22 @@ def run_scores(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         post = {class_name: plain["per_class"][class_name]["dice_post"] for class_name in CLASSES}
         raw["mean"], post["mean"] = plain["kaggle_dice"], plain["kaggle_dice_post"]
         return {"name": name, "model": model, "source": "evaluation.json", "raw": raw, "post": post,
-                "images": evaluation.get("validation_images")}
-    tuned = io.read_json(run_dir / "postprocess.json")
+                "held_out": held_out, "images": evaluation.get("validation_images")}
     if tuned is not None:
         raw = {class_name: tuned["classes"][class_name]["dice_before"] for class_name in CLASSES}
         post = {class_name: tuned["classes"][class_name]["dice_after"] for class_name in CLASSES}
         raw["mean"], post["mean"] = tuned["mean"]["dice_before"], tuned["mean"]["dice_after"]
         return {"name": name, "model": model, "source": "postprocess.json", "raw": raw, "post": post,
-                "images": tuned.get("validation_images")}
+                "held_out": held_out, "images": tuned.get("validation_images")}
     raise HarnessError(f"{run_dir} has neither evaluation.json nor postprocess.json: run `harness evaluate {run_dir}` first")
+
+
+def _held_out(tuned: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if not tuned or ((tuned.get("mean") or {}).get("dice_held_out")) is None:
+        return None
+    held_out = {class_name: float(tuned["classes"][class_name]["dice_held_out"]) for class_name in CLASSES}
+    held_out["mean"] = float(tuned["mean"]["dice_held_out"])
+    return held_out
 
 
 def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -63,17 +73,25 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], o
 
 def format_comparison(comparison: Mapping[str, Any]) -> str:
     first, second = comparison["runs"]
+    # Held-out columns when both runs were tuned with folds: the estimate to compare by.
+    held_out = first.get("held_out") is not None and second.get("held_out") is not None
     header = ["class", "A raw", "A post", "B raw", "B post", "B-A post"]
+    if held_out:
+        header += ["A held-out", "B held-out", "B-A held-out"]
     rows = []
     for group in list(CLASSES) + ["mean"]:
-        rows.append([
+        row = [
             group,
             f"{first['raw'][group]:.4f}",
             f"{first['post'][group]:.4f}",
             f"{second['raw'][group]:.4f}",
             f"{second['post'][group]:.4f}",
             f"{second['post'][group] - first['post'][group]:+.4f}",
-        ])
+        ]
+        if held_out:
+            row += [f"{first['held_out'][group]:.4f}", f"{second['held_out'][group]:.4f}",
+                    f"{second['held_out'][group] - first['held_out'][group]:+.4f}"]
+        rows.append(row)
     widths = [max(len(header[column]), *(len(row[column]) for row in rows)) for column in range(len(header))]
     lines = [
         f"A: {first['name']} ({first['model']}, {first['images']} validation images, from {first['source']})",

@@ -33,15 +33,16 @@ DEFAULT_OVERLAYS = 6
 
 
 def score_setting(
-    probabilities: np.ndarray, truth: np.ndarray, params: Mapping[str, Any], loss_name: str, batch_size: int, threshold: float
+    maps: runs_module.Maps, truth: np.ndarray, params: Mapping[str, Any], loss_name: str, batch_size: int, threshold: float
 ) -> dict[str, Any]:
     """Loss, soft dice, challenge dice raw and post-processed (overall and per class) of one setting."""
     from harness.run import metrics
 
     truth = np.asarray(truth)
+    probabilities = maps.probabilities
     loss, soft = _batched_loss_and_soft_dice(probabilities, truth, loss_name, batch_size)
     raw = (np.asarray(probabilities) > threshold).astype(np.uint8)
-    processed = postprocess_module.apply_postprocess(probabilities, params)
+    processed = postprocess_module.apply_postprocess(probabilities, params, maps.presence)
     raw_pairs = metrics.dice_per_pair(raw, truth)
     post_pairs = metrics.dice_per_pair(processed, truth)
     return {
@@ -101,27 +102,39 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the run in `run_dir`; writes evaluation.json and plots/ and returns the document."""
-    run = runs_module.load_run(run_dir, data_dir=data_dir, cache_dir=cache_dir)
-    config = run.config
+    """Evaluate the run (or ensemble folder) in `run_dir`; writes evaluation.json and plots/."""
+    from harness.evaluate import ensemble
+
+    target = ensemble.resolve([run_dir], data_dir=data_dir, cache_dir=cache_dir)
+    return evaluate_target(target, augment=augment, tta=tta, limit=limit, overlays=overlays, seed=seed, progress=progress)
+
+
+def evaluate_target(
+    target: Any,
+    augment: str | None = None,
+    tta: str = "none",
+    limit: int = 0,
+    overlays: int = DEFAULT_OVERLAYS,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run or an ensemble (`harness.evaluate.ensemble.Target`: members' maps averaged);
+    writes TARGET/evaluation.json and TARGET/plots/ and returns the document."""
+    from harness.evaluate import ensemble
+
+    config = target.config
     augment = augment or (config.augment if config.augment != "none" else "default")
     validation = runs_module.validation_split(config, limit=limit)
     truth = np.asarray(validation.masks)
-    params, tuned = postprocess_module.params_for_run(run.run_dir)
+    params, tuned = postprocess_module.params_for_run(target.folder)
+    models = ensemble.Models(target)
 
-    model_holder: dict[str, Any] = {}
-
-    def model() -> Any:
-        if "model" not in model_holder:
-            model_holder["model"] = runs_module.load_model(run.run_dir)
-        return model_holder["model"]
-
-    settings: dict[str, np.ndarray] = {}
-    settings["plain"] = runs_module.validation_probabilities(run.run_dir, validation, model_loader=model, progress=progress)
+    settings: dict[str, runs_module.Maps] = {}
+    settings["plain"] = ensemble.validation_maps(target, validation, models=models, progress=progress)
     augmented_images, augmented_masks = augment_split(validation.images, truth, augment, seed)
-    augmented = runs_module.predict_images(model(), augmented_images, progress=progress, desc=f"predicting ({augment})")
+    augmented = ensemble.predict_maps(models, augmented_images, progress=progress, desc=f"predicting ({augment})")
     if tta != "none":
-        settings["tta"] = runs_module.validation_probabilities(run.run_dir, validation, tta=tta, model_loader=model, progress=progress)
+        settings["tta"] = ensemble.validation_maps(target, validation, tta=tta, models=models, progress=progress)
 
     scoring = (params, config.loss, config.batch_size, config.threshold)
     results = {"plain": score_setting(settings["plain"], truth, *scoring),
@@ -129,34 +142,47 @@ def evaluate_run(
     if "tta" in settings:
         results["tta"] = score_setting(settings["tta"], truth, *scoring)
 
-    plots_dir = run.run_dir / PLOTS_FOLDER
-    pictures = _pictures(run, validation, settings["plain"], params, results, plots_dir, overlays)
+    plots_dir = target.folder / PLOTS_FOLDER
+    pictures = _pictures(target, validation, settings["plain"], params, results, plots_dir, overlays)
+    tuned_document = postprocess_module.load_params(target.folder) if tuned else None
     document = {
-        "run_id": run.run_id,
-        "sweep_id": run.sweep_id,
-        "model": config.model,
+        "run_id": target.label,
+        "members": [str(member.run_dir) for member in target.members],
+        "sweep_id": target.members[0].sweep_id if not target.is_ensemble else target.sweep_id,
+        "model": config.model if not target.is_ensemble else sorted({member.config.model for member in target.members}),
         "image_size": config.image_size,
         "validation_images": int(len(validation.names)),
         "threshold": config.threshold,
         "augment": augment,
         "tta": tta,
+        "presence_head": settings["plain"].presence is not None,
         "postprocess": {
             "source": postprocess_module.POSTPROCESS_FILE if tuned else "default",
             "classes": postprocess_module.class_params(params),
+            "presence": params["presence"],
+            "dropped": [name for name, values in postprocess_module.class_params(params).items() if values["drop"]],
+            # The tuning's own per-class table (empty, raw, tuned-on, held-out), when tuned.
+            "tuning": None if tuned_document is None else {
+                "tta": tuned_document.get("tta", "none"),
+                "holdout": tuned_document.get("holdout"),
+                "classes": {name: {key: entry.get(key) for key in ("dice_empty", "dice_before", "dice_after", "dice_held_out")}
+                            for name, entry in tuned_document["classes"].items()},
+                "mean": tuned_document.get("mean"),
+            },
         },
         "results": results,
-        "plots": {key: str(path.relative_to(run.run_dir)) for key, path in pictures.items()},
+        "plots": {key: str(path.relative_to(target.folder)) for key, path in pictures.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    document["wandb"] = log_to_wandb(run, document, pictures)
-    io.atomic_write_json(run.run_dir / EVALUATION_FILE, document)
+    document["wandb"] = False if target.is_ensemble else log_to_wandb(target.members[0], document, pictures)
+    io.atomic_write_json(target.folder / EVALUATION_FILE, document)
     return document
 
 
 def _pictures(
-    run: runs_module.RunInfo,
+    target: Any,
     validation: runs_module.Validation,
-    probabilities: np.ndarray,
+    maps: runs_module.Maps,
     params: Mapping[str, Any],
     results: Mapping[str, Any],
     plots_dir: Path,
@@ -165,14 +191,14 @@ def _pictures(
     from harness.run import metrics
 
     pictures: dict[str, Path] = {}
-    rows = io.read_jsonl(run.run_dir / "metrics.jsonl")
+    rows = [] if target.is_ensemble else io.read_jsonl(target.members[0].run_dir / "metrics.jsonl")
     if rows:
-        pictures["learning_curves"] = plots.learning_curves(rows, plots_dir / "learning_curves.png", title=run.run_id)
+        pictures["learning_curves"] = plots.learning_curves(rows, plots_dir / "learning_curves.png", title=target.label)
     if overlays > 0:
         positions = np.unique(np.linspace(0, len(validation.names) - 1, min(overlays, len(validation.names))).astype(int))
-        chosen = probabilities[positions]
-        raw = (np.asarray(chosen) > run.config.threshold).astype(np.uint8)
-        processed = postprocess_module.apply_postprocess(chosen, params)
+        chosen = maps.probabilities[positions]
+        raw = (np.asarray(chosen) > target.config.threshold).astype(np.uint8)
+        processed = postprocess_module.apply_postprocess(chosen, params, None if maps.presence is None else maps.presence[positions])
         truth = np.asarray(validation.masks[positions])
         scores = [
             (float(metrics.dice_per_pair(raw[i:i + 1], truth[i:i + 1]).mean()),
@@ -184,7 +210,7 @@ def _pictures(
             [validation.names[position] for position in positions], plots_dir / "overlays.png", scores=scores,
         )
     header, table = class_table(results)
-    pictures["class_table"] = plots.table_png(header, table, plots_dir / "class_table.png", title=f"{run.run_id}: validation dice per class")
+    pictures["class_table"] = plots.table_png(header, table, plots_dir / "class_table.png", title=f"{target.label}: validation dice per class")
     pictures["class_dice"] = plots.grouped_bars(
         list(CLASSES),
         {
@@ -193,7 +219,7 @@ def _pictures(
             for kind, key in (("raw", "dice"), ("post-processed", "dice_post"))
         },
         plots_dir / "class_dice.png",
-        title=f"{run.run_id}: validation dice per class",
+        title=f"{target.label}: validation dice per class",
     )
     return pictures
 
@@ -215,14 +241,23 @@ def format_report(document: Mapping[str, Any]) -> str:
     header, rows = class_table(document["results"])
     text_rows = [[f"{value:.4f}" if isinstance(value, float) else str(value) for value in row] for row in rows]
     widths = [max(len(header[column]), *(len(row[column]) for row in text_rows)) for column in range(len(header))]
+    model = document["model"] if isinstance(document["model"], str) else "+".join(document["model"])
     lines = [
-        f"run {document['run_id']} ({document['model']}, {document['image_size']}): "
+        f"run {document['run_id']} ({model}, {document['image_size']}): "
         f"{document['validation_images']} validation images; augmented = {document['augment']}, tta = {document['tta']}; "
         f"post-processing from {document['postprocess']['source']}"
     ]
     for line in [header] + text_rows:
         lines.append("  ".join(value.ljust(width) if column == 0 else value.rjust(width) for column, (value, width) in enumerate(zip(line, widths))))
     lines.insert(2, "-" * len(lines[1]))
+    tuning = document["postprocess"].get("tuning")
+    if tuning:
+        # The honest numbers: tuned-on is optimistic, held-out is the estimate (k-fold).
+        lines += ["", "post-processing (from the tuning): all-empty baseline, raw, tuned-on, held-out; "
+                  "dropped: " + (", ".join(document["postprocess"]["dropped"]) or "none")]
+        lines.append(postprocess_module.format_table({"classes": {name: {**entry, **document["postprocess"]["classes"][name]}
+                                                                  for name, entry in tuning["classes"].items()},
+                                                      "mean": tuning["mean"], "image_size": document["image_size"]}))
     return "\n".join(lines)
 
 

@@ -137,20 +137,43 @@ def predict_run(
     out: str | os.PathLike[str] = "submission.csv",
     sample_submission: str | os.PathLike[str] | None = None,
     batch_size: int = runs_module.PREDICT_BATCH,
-    tta: str = "none",
+    tta: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict every image of `images_dir` with the run's best model and write the submission CSV."""
+    """`predict_target` of one run folder (or ensemble folder)."""
+    from harness.evaluate import ensemble
+
+    return predict_target(ensemble.resolve([run_dir]), images_dir, out=out, sample_submission=sample_submission,
+                          batch_size=batch_size, tta=tta, progress=progress)
+
+
+def predict_target(
+    target: Any,
+    images_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] = "submission.csv",
+    sample_submission: str | os.PathLike[str] | None = None,
+    batch_size: int = runs_module.PREDICT_BATCH,
+    tta: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every image of `images_dir` with the best model of each member (probabilities and
+    presence averaged), post-process with TARGET/postprocess.json and write the submission CSV.
+
+    `tta`: None uses the TTA the post-processing was tuned with (postprocess.json's "tta", else none).
+    """
     import tqdm
 
     from harness.data import cache
+    from harness.evaluate import ensemble
 
-    run = runs_module.load_run(run_dir)
     image_names = list_images(images_dir)
     order = submission_order(image_names, sample_submission)
-    params, tuned = postprocess_module.params_for_run(run.run_dir)
-    model = runs_module.load_model(run.run_dir)
-    size = run.config.image_hw
+    params, tuned = postprocess_module.params_for_run(target.folder)
+    if tta is None:
+        document = postprocess_module.load_params(target.folder) if tuned else None
+        tta = str((document or {}).get("tta", "none"))
+    models = ensemble.Models(target).all()
+    size = target.config.image_hw
     images_dir = Path(images_dir)
 
     def batches() -> Iterator[np.ndarray]:
@@ -160,8 +183,9 @@ def predict_run(
     def masks() -> Iterator[tuple[str, np.ndarray]]:
         position = 0
         bar = tqdm.tqdm(total=len(image_names), desc="predicting test images", unit="image", disable=not progress)
-        for probabilities in runs_module.predict_batches(model, batches(), tta=tta):
-            processed = postprocess_module.apply_postprocess(probabilities, params)
+        for images in batches():
+            maps = ensemble.average([next(runs_module.predict_batches(model, iter([images]), tta=tta)) for model in models])
+            processed = postprocess_module.apply_postprocess(maps.probabilities, params, maps.presence)
             for image_masks in processed:
                 yield image_names[position], resize_masks(image_masks)
                 position += 1
@@ -176,5 +200,7 @@ def predict_run(
         "images": len(image_names),
         "rows": len(order),
         "non_empty_rows": non_empty,
+        "members": len(target.members),
+        "tta": tta,
         "postprocess": postprocess_module.POSTPROCESS_FILE if tuned else "default",
     }

@@ -103,10 +103,15 @@ def _metric_of(run: Any, metric_name: str | None) -> float:
 
 
 def _evaluation_of(run_dir: Path) -> float | None:
+    """The run's post-processed dice: the held-out estimate when it was tuned with folds, else the
+    tuned-on score (evaluation.json, then postprocess.json)."""
+    tuned = io.read_json(run_dir / "postprocess.json")
+    held_out = ((tuned or {}).get("mean") or {}).get("dice_held_out")
+    if held_out is not None:
+        return float(held_out)
     evaluation = io.read_json(run_dir / "evaluation.json")
     if evaluation:
         return float(evaluation["results"]["plain"]["kaggle_dice_post"])
-    tuned = io.read_json(run_dir / "postprocess.json")
     if tuned:
         return float(tuned["mean"]["dice_after"])
     return None
@@ -116,7 +121,7 @@ def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top:
     """Build the report of a local sweep; returns {'folder', 'files', 'best', 'importance'}."""
     from harness.sweep.store import Store
 
-    with Store(root) as store:
+    with Store(root, read_only=True) as store:
         sweep = store.get_sweep(sweep_id)
         runs = store.runs(sweep_id)
         root_path = store.root
@@ -202,8 +207,8 @@ def _markdown(sweep: Any, runs: Sequence[Any], metric_name: str, header: Sequenc
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "`post dice`: challenge dice after post-processing, where the run was evaluated "
-              "(`harness evaluate`) or tuned (`harness postprocess`).", ""]
+    lines += ["", "`post dice`: challenge dice after post-processing, where the run was tuned (`harness postprocess`: "
+              "its held-out estimate) or only evaluated (`harness evaluate`: scored on the tuning images).", ""]
     if importance_rows:
         lines += ["## Parameters", "", "| parameter | kind | correlation (Pearson) | importance |", "|---|---|---|---|"]
         for row in importance_rows:

@@ -11,6 +11,10 @@ rounding probabilities flips every pixel in (0.5, 0.50024] at the challenge's th
 pixel turns an empty-on-empty pair (Dice 1) into 0 (on a 3-epoch UNet: 185 of 1200 pairs changed).
 Logits keep their sign exactly (float16 is finest near 0), so threshold 0.5 gives the same masks as
 the float32 prediction, and other thresholds move by at most about 1e-4 in probability.
+
+Models with a presence head (config `presence_head: true`) have two outputs, "mask" and "presence"
+(`model_outputs`); their per-class presence logits are cached beside the pixel logits
+(`val-presence-...npy`, float32) and averaged like the maps under TTA and in ensembles.
 """
 
 from __future__ import annotations
@@ -97,37 +101,114 @@ def load_model(run_dir: str | os.PathLike[str]):
     return checkpoint.load_best(run_dir)
 
 
-def predict_batches(model: Any, batches: Iterator[np.ndarray], tta: str = "none") -> Iterator[np.ndarray]:
-    """Sigmoid maps (B, H, W, 4) float32 of uint8 image batches; `tta='flips'` averages hflip/vflip."""
+OUTPUT_MASK = "mask"
+OUTPUT_PRESENCE = "presence"
+
+
+@dataclasses.dataclass
+class Maps:
+    """A model's answer for a set of images: pixel probabilities and, with a presence head, the
+    classifier's per-class probabilities."""
+
+    probabilities: np.ndarray  # (N, H, W, 4) float32
+    presence: np.ndarray | None  # (N, 4) float32, or None for a model without a presence head
+
+
+def model_outputs(model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mask_logits (B, H, W, 4), presence_logits (B, 4) or None) of one standardised batch.
+
+    A model built with `presence_head: true` has two outputs named "mask" and "presence"; without it,
+    one output. Outputs are logits by contract; an output layer that applies a sigmoid (the UNet and
+    the library model of today) gives probabilities, turned into logits here (float64, so the sign,
+    i.e. the side of 0.5, is exact; 0 and 1 become -inf and inf).
+    """
+    raw = model(np.ascontiguousarray(x), training=False)
+    names = list(getattr(model, "output_names", None) or [])
+    sigmoid = _sigmoid_outputs(model)
+    if isinstance(raw, dict):
+        outputs = {name: raw[name] for name in raw}
+    elif isinstance(raw, (list, tuple)):
+        if len(raw) != len(names):
+            raise HarnessError(f"model has {len(raw)} outputs but {len(names)} output names {names}")
+        outputs = dict(zip(names, raw))
+    else:
+        outputs = {names[0] if names else OUTPUT_MASK: raw}
+    if len(outputs) == 1:
+        (name, mask), = outputs.items()
+        return _as_logits(mask, sigmoid.get(name, False)), None
+    if set(outputs) != {OUTPUT_MASK, OUTPUT_PRESENCE}:
+        raise HarnessError(f"a model with {len(outputs)} outputs must name them {OUTPUT_MASK!r} and "
+                           f"{OUTPUT_PRESENCE!r}, got {sorted(outputs)}")
+    return (_as_logits(outputs[OUTPUT_MASK], sigmoid.get(OUTPUT_MASK, False)),
+            _as_logits(outputs[OUTPUT_PRESENCE], sigmoid.get(OUTPUT_PRESENCE, False)))
+
+
+def _sigmoid_outputs(model: Any) -> dict[str, bool]:
+    """{output name: True if the layer making it ends in a sigmoid} of a functional Keras model."""
+    import keras
+
+    flags = {}
+    names = list(getattr(model, "output_names", None) or [])
+    for name, tensor in zip(names, getattr(model, "outputs", None) or []):
+        history = getattr(tensor, "_keras_history", None)
+        layer = history[0] if history else None
+        activation = getattr(layer, "activation", None)
+        flags[name] = activation is keras.activations.sigmoid
+    return flags
+
+
+def _as_logits(values: Any, is_probability: bool) -> np.ndarray:
+    values = np.asarray(values)
+    if not is_probability:
+        return values.astype(np.float32)
+    probability = values.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        return (np.log(probability) - np.log1p(-probability)).astype(np.float32)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32 probabilities of logits (computed in float64; -inf and inf give 0 and 1)."""
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
+def predict_batches(model: Any, batches: Iterator[np.ndarray], tta: str = "none") -> Iterator[Maps]:
+    """Maps of uint8 image batches; `tta='flips'` averages the image's, its hflip's and its vflip's
+    probabilities (presence probabilities too)."""
     from harness.data import dataset as dataset_module
 
     if tta not in TTA_MODES:
         raise HarnessError(f"--tta {tta!r} is not one of: {', '.join(TTA_MODES)}")
     for images in batches:
         x = dataset_module.standardize(images)
-        prediction = _forward(model, x)
+        mask_logits, presence_logits = model_outputs(model, x)
+        prediction = sigmoid(mask_logits)
+        presence = None if presence_logits is None else sigmoid(presence_logits)
         if tta == "flips":
             # Each flip is undone on the prediction before averaging, so the maps stay aligned.
-            prediction = prediction + _forward(model, x[:, :, ::-1])[:, :, ::-1]
-            prediction = prediction + _forward(model, x[:, ::-1])[:, ::-1]
+            for flipped, undo in ((x[:, :, ::-1], lambda maps: maps[:, :, ::-1]), (x[:, ::-1], lambda maps: maps[:, ::-1])):
+                flipped_masks, flipped_presence = model_outputs(model, flipped)
+                prediction = prediction + undo(sigmoid(flipped_masks))
+                if presence is not None:
+                    presence = presence + sigmoid(flipped_presence)
             prediction = prediction / 3.0
-        yield prediction.astype(np.float32)
+            presence = None if presence is None else presence / 3.0
+        yield Maps(prediction.astype(np.float32), None if presence is None else presence.astype(np.float32))
 
 
-def _forward(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model(np.ascontiguousarray(x), training=False))
-
-
-def predict_images(
+def predict_maps(
     model: Any, images: np.ndarray, tta: str = "none", batch_size: int = PREDICT_BATCH, progress: bool = True, desc: str = "predicting"
-) -> np.ndarray:
-    """Probabilities (N, H, W, 4) float32 of uint8 images (N, H, W, 3), batch by batch with a progress bar."""
+) -> Maps:
+    """Maps of uint8 images (N, H, W, 3), batch by batch with a progress bar."""
     import tqdm
 
     starts = range(0, len(images), batch_size)
     batches = (np.asarray(images[start:start + batch_size]) for start in starts)
     parts = list(tqdm.tqdm(predict_batches(model, batches, tta), total=len(starts), desc=desc, unit="batch", disable=not progress))
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0,) + tuple(images.shape[1:3]) + (4,), np.float32)
+    if not parts:
+        return Maps(np.zeros((0,) + tuple(images.shape[1:3]) + (4,), np.float32), None)
+    presence = None if parts[0].presence is None else np.concatenate([part.presence for part in parts], axis=0)
+    return Maps(np.concatenate([part.probabilities for part in parts], axis=0), presence)
 
 
 def encode_logits(probabilities: np.ndarray) -> np.ndarray:
@@ -151,37 +232,50 @@ def decode_logits(logits: np.ndarray) -> np.ndarray:
     return probabilities
 
 
-def cache_path(run_dir: Path, count: int, tta: str) -> Path:
+def cache_path(run_dir: Path, count: int, tta: str, kind: str = "logits") -> Path:
+    """RUN_DIR/cache/val-<kind>-<best.keras mtime>-<count>-<tta>.npy (kind: logits or presence)."""
     best = run_dir / BEST_FILE
     if not best.exists():
         raise HarnessError(f"no best model in {run_dir}: {BEST_FILE} is missing (has the run finished an epoch?)")
-    return run_dir / CACHE_FOLDER / f"val-logits-{best.stat().st_mtime_ns}-{count}-{tta}.npy"
+    return run_dir / CACHE_FOLDER / f"val-{kind}-{best.stat().st_mtime_ns}-{count}-{tta}.npy"
 
 
-def validation_probabilities(
+def validation_maps(
     run_dir: str | os.PathLike[str],
     validation: Validation,
     tta: str = "none",
     model_loader: Callable[[], Any] | None = None,
     progress: bool = True,
-) -> np.ndarray:
-    """The model's validation probabilities (float32), from RUN_DIR/cache/ or predicted once and cached."""
+) -> Maps:
+    """The model's validation maps, from RUN_DIR/cache/ or predicted once and cached.
+
+    The presence probabilities (models with a presence head) are cached as float32 logits beside the
+    pixel logits, and written first: a pixel file without a presence file means "no presence head".
+    """
     run_dir = Path(run_dir)
     path = cache_path(run_dir, len(validation.names), tta)
+    presence_path = cache_path(run_dir, len(validation.names), tta, kind="presence")
     if path.exists():
         try:
             cached = np.load(path)
-            if cached.shape == validation.masks.shape:
-                return decode_logits(cached)
+            presence = np.load(presence_path) if presence_path.exists() else None
+            if cached.shape == validation.masks.shape and (presence is None or presence.shape == (len(cached), cached.shape[-1])):
+                return Maps(decode_logits(cached), None if presence is None else sigmoid(presence))
         except (OSError, ValueError):
             pass  # a damaged cache file is rebuilt below
     model = (model_loader or (lambda: load_model(run_dir)))()
-    probabilities = predict_images(model, validation.images, tta=tta, progress=progress, desc="predicting validation")
+    maps = predict_maps(model, validation.images, tta=tta, progress=progress, desc="predicting validation")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f"val-*-{tta}.npy"):
         stale.unlink(missing_ok=True)  # an older model's predictions
+    presence_logits = None if maps.presence is None else _as_logits(maps.presence, is_probability=True)
+    if presence_logits is not None:
+        with io.atomic_path(presence_path, suffix=".npy") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, presence_logits)
+    logits = encode_logits(maps.probabilities)
     with io.atomic_path(path, suffix=".npy") as tmp:
         with open(tmp, "wb") as handle:
-            np.save(handle, encode_logits(probabilities))
-    return probabilities
-
+            np.save(handle, logits)
+    # What was cached, not the float32 prediction: the first and every later call see the same maps.
+    return Maps(decode_logits(logits), None if presence_logits is None else sigmoid(presence_logits))

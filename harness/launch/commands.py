@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from harness.errors import HarnessError
+from harness.sweep import commands as sweep_commands
 
 
 @click.command("launch", context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +22,8 @@ from harness.errors import HarnessError
               help="agents sharing each GPU (small models)")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="runs per agent (--gpus), or runs to submit in all (--slurm); default: until the sweep ends")
-@click.option("--root", default=None, help="runs root holding sweeps.db and the run folders [$HARNESS_ROOT or ./runs]")
+@click.option("--root", default=None, help="runs root holding the run folders (and sweeps.db unless --store) [$HARNESS_ROOT or ./runs]")
+@sweep_commands.store_option
 @click.option("--resume", is_flag=True, help="first make the sweep's interrupted (crashed, preempted) runs resumable")
 @click.option("--slurm", "profile_name", default=None, metavar="PROFILE",
               help="submit to SLURM with this profile of jobs/slurm.yaml (e.g. local) instead of running agents here")
@@ -30,7 +32,8 @@ from harness.errors import HarnessError
 @click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False), default=None,
               help="SLURM profiles file [$HARNESS_SLURM_PROFILES or jobs/slurm.yaml]")
 @click.option("--stagger", type=float, default=2.0, show_default=True,
-              help="seconds between agent starts (agents started together can get the same first run)")
+              help="seconds between agent starts: W&B hands agents started together the same first run (a "
+                   "local sweep's store never does; there it only spreads the start-up load)")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
               help="restarts of an agent that dies abnormally (back-off 2, 4, 8 ... s)")
 @click.option("--dry-run", is_flag=True, help="print what would be started or submitted, start nothing")
@@ -95,6 +98,11 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     if code and not supervisor.stop_signal and supervisor.failed:
         click.echo(f"[launch] failed: {len(supervisor.failed)} of {len(slots)} agent(s) ended abnormally "
                    f"({', '.join(supervisor.failed)}); exit code {code}", err=True)
+    if not code and not wandb:
+        from harness.sweep.store import Store
+
+        with Store(root_path) as store:
+            code = _unsuccessful_exit(store, sweep_id)
     if code and supervisor.stop_signal:
         hint = f" (continue with: python -m harness.launch --gpus {gpus} --sweep {sweep_id} --resume)" if not wandb else ""
         click.echo(f"[launch] stopped{hint}")
@@ -121,8 +129,12 @@ def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, pro
                   parallel: int | None, count: int | None, agents: int | None, dry_run: bool,
                   sync: bool = False) -> None:
     from harness.launch import profiles, slurm
+    from harness.launch.gpus import LaunchError
 
     profile = profiles.load_profile(profile_name, profiles_file)
+    if agents is not None and not wandb:
+        raise LaunchError("--agents with --slurm sets how many `wandb agent` tasks a W&B sweep's job array has; a "
+                          "local sweep runs one job per run: say how many at once with --parallel")
     if wandb:
         plan = slurm.wandb_array_plan(sweep_id, profile, root, tasks=agents, parallel=parallel, count=count)
         if dry_run:
@@ -144,10 +156,23 @@ def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, pro
                    f"Ctrl-C detaches (jobs keep running; run the same command to re-attach)")
         syncer = _start_syncer(root, sweep_id) if sync else None
         code = controller.run()
+        code = code or _unsuccessful_exit(store, sweep_id)
         if syncer is not None:
             # Detached: the jobs go on and a re-attached launcher syncs them; else they are all over.
             syncer.detach() if controller.stop_signal else syncer.close()
     click.get_current_context().exit(code)
+
+
+def _unsuccessful_exit(store, sweep_id: str) -> int:
+    """1 when the sweep is over but some of its runs did not finish (failed, crashed, left preempted)."""
+    from harness.sweep import status
+
+    left = status.unsuccessful_runs(store, sweep_id)
+    if left:
+        click.echo(f"[launch] sweep {sweep_id} ended with {left} run(s) that did not finish: "
+                   f"harness status {sweep_id} --root {store.root}", err=True)
+        return 1
+    return 0
 
 
 @click.command("sync", context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,7 +212,7 @@ def sync_command(sweep_id: str, root: str | None, parallel: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m harness.launch`: the same command, with HarnessError -> exit 2."""
-    from harness.cli import run_main
+    from harness.commandline import run_main
 
     run_main(launch_command, argv)
 

@@ -18,6 +18,10 @@ from harness.errors import ConfigError
 
 # The repository's profiles file; `--profiles FILE` or $HARNESS_SLURM_PROFILES point elsewhere.
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "jobs" / "slurm.yaml"
+# After SLURM's warning the job asks its run to save, waits, then requeues itself; all of that must end before
+# SLURM's kill at the time limit. The run gets signal_delay_s minus this margin (requeue + slack).
+REQUEUE_MARGIN_S = 15
+MIN_SIGNAL_DELAY_S = 30  # less leaves a run no time to write a checkpoint of a real model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,10 @@ class Profile:
     python: str = ""  # the Python on the compute nodes; empty: the launcher's own interpreter
     setup: tuple[str, ...] = ()  # shell lines run before each job (module load, conda activate, ...)
     sbatch: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other sbatch option: {name: value}
+
+    def save_timeout_s(self) -> float:
+        """How long a job waits for its run to save after SLURM's warning (then kills it and requeues)."""
+        return float(self.signal_delay_s - REQUEUE_MARGIN_S)
 
     def executor_arguments(self) -> dict[str, Any]:
         """Keywords for the `submitit.AutoExecutor(folder, cluster='slurm', ...)` constructor itself."""
@@ -120,7 +128,14 @@ def _build(path: Path, name: str, values: Any) -> Profile:
     for key in ("cpus_per_job", "time_min", "parallel", "mem_gb"):
         if key in checked and checked[key] <= 0:
             raise ConfigError(f"{where}: key {key!r} must be > 0, got {checked[key]}")
-    return Profile(name=name, **checked)
+    profile = Profile(name=name, **checked)
+    if profile.signal_delay_s < MIN_SIGNAL_DELAY_S:
+        raise ConfigError(f"{where}: key 'signal_delay_s' must be at least {MIN_SIGNAL_DELAY_S} (the run saves a "
+                          f"checkpoint in that time, minus {REQUEUE_MARGIN_S} s to requeue), got {profile.signal_delay_s}")
+    if profile.signal_delay_s >= profile.time_min * 60:
+        raise ConfigError(f"{where}: key 'signal_delay_s' ({profile.signal_delay_s} s) must be shorter than the time "
+                          f"limit time_min ({profile.time_min} min = {profile.time_min * 60} s)")
+    return profile
 
 
 def _coerce(where: str, key: str, value: Any, target: Any) -> Any:

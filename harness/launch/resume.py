@@ -9,10 +9,10 @@ Runs held by the SLURM launcher (agent `slurm`) are left alone: it re-attaches t
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Callable
 
+from harness import processes
 from harness.sweep.store import DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
 
 
@@ -28,21 +28,21 @@ def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
     for run in store.runs(sweep_id, states=("pending", "running")):
         if run.agent == "slurm" or run.host not in (None, host):
             continue  # SLURM jobs are re-attached to; runs of other machines are theirs to judge
-        if _alive(run.pid) or _alive(_agent_pid(run.agent, host)):
+        if processes.pid_alive(run.pid) or processes.pid_alive(_agent_pid(run.agent, host)):
             continue
-        store.finish_run(run.id, "crashed", agent=run.agent)
+        store.finish_run(run.id, "crashed", agent=run.agent, own_failure=False)  # its holder is gone
         crashed.append(run.id)
     if crashed:
         echo(f"[resume] {len(crashed)} run(s) marked running had no live process: crashed ({', '.join(crashed)})")
-    runs = store.runs(sweep_id, states=RESUMABLE_STATES)
-    resumable = [run.id for run in runs if run.attempts < max_attempts]
-    exhausted = [run.id for run in runs if run.attempts >= max_attempts]
+    # --resume is the user's explicit request: runs that used up their attempts get them back.
+    revived = store.revive(sweep_id)
+    if revived:
+        echo(f"[resume] {len(revived)} run(s) that had failed by themselves get {max_attempts} new attempts: "
+             f"{', '.join(revived)}")
+    resumable = [run.id for run in store.runs(sweep_id, states=RESUMABLE_STATES)]
     if resumable:
         echo(f"[resume] {len(resumable)} preempted/crashed run(s) will be resumed first: {', '.join(resumable)}")
-    if exhausted:
-        echo(f"[resume] {len(exhausted)} run(s) used all {max_attempts} attempts and stay as they are: "
-             f"{', '.join(exhausted)}")
-    return {"crashed": crashed, "resumable": resumable, "exhausted": exhausted}
+    return {"crashed": crashed, "resumable": resumable, "revived": revived}
 
 
 def _agent_pid(agent: str | None, host: str) -> int | None:
@@ -51,19 +51,3 @@ def _agent_pid(agent: str | None, host: str) -> int | None:
         return None
     agent_host, _, pid = agent.rpartition(":")
     return int(pid) if agent_host == host and pid.isdigit() else None
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited already
-        with open(f"/proc/{pid}/stat") as stat:
-            return not stat.read().split(") ", 1)[-1].startswith("Z")
-    except OSError:
-        return True

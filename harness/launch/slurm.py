@@ -10,7 +10,9 @@ final state. Hyperband losers and runs of a stopped sweep are cancelled (`scance
 saves) and recorded stopped. A job that ends without finishing its run (node lost, external scancel,
 preemption without requeue) leaves the run preempted, and it is resubmitted as a new job that
 resumes from the run folder. Time limits and submitit's `_interrupt()` never get that far: the job
-checkpoints and requeues itself (same job id).
+checkpoints and requeues itself (same job id). A run is submitted only while no live process holds
+its folder's lease (harness/run/lease.py); a job whose trainer exits with lease.EXIT_OWNED (75) found
+the folder in use: its run goes back unspent (no attempt counted) and is submitted again later.
 
 Restarting the launcher (after Ctrl-C, kill -9, or a lost login node) re-attaches: runs that are
 pending/running with a job id are watched again, never resubmitted; a run claimed but killed before
@@ -33,19 +35,36 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import processes
 from harness.launch import jobs
 from harness.launch.gpus import LaunchError, sweep_folder_name
 from harness.launch.profiles import Profile
+from harness.run import lease
 
 AGENT = "slurm"  # the store's agent column for runs this launcher hands to SLURM
 JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job whose id it never saved
 # sacct states of a job that is over (anything else: still queued, running or being requeued).
 TERMINAL_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                        "BOOT_FAIL", "DEADLINE", "REVOKED")
+# squeue states of a job SLURM still means to run. After a node failure the job's sacct row says
+# NODE_FAIL for a few seconds while squeue already shows it PENDING again (requeued, same id).
+QUEUED_JOB_STATES = ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                     "SUSPENDED", "RESIZING")
 DEFAULT_POLL_S = 2.0
 RESULT_GRACE_S = 10.0  # a job over by sacct whose result file is not visible yet (NFS): wait this long
+# A job the scheduler (answering) no longer lists at all is treated as gone after this long; a scheduler that
+# does not answer (slurmctld restart, maintenance) never makes a job gone. $HARNESS_SLURM_UNKNOWN_GRACE_S
+# overrides it (tests, sites whose accounting lags).
 UNKNOWN_JOB_GRACE_S = 120.0
-PREEMPTED_GRACE_S = 60.0  # a job PREEMPTED for this long is not being requeued by SLURM  # a job SLURM no longer knows at all is treated as over after this long
+PREEMPTED_GRACE_S = 60.0  # a job PREEMPTED for this long is not being requeued by SLURM
+OUTAGE_BACKOFF_MAX_S = 30.0  # polls slow down to this while the scheduler does not answer
+SUBMIT_TRIES = 4  # sbatch attempts per run (back-off 2, 4, 8 s) before the launcher stops submitting
+CANCEL_CONFIRM_S = 120.0  # how long to wait for SLURM to confirm a cancelled job is gone before saying so
+
+
+def unknown_job_grace_s() -> float:
+    value = os.environ.get("HARNESS_SLURM_UNKNOWN_GRACE_S")
+    return float(value) if value else UNKNOWN_JOB_GRACE_S
 
 
 def slurm_folder(root: Path, sweep_id: str) -> Path:
@@ -81,7 +100,8 @@ def run_env(sweep_id: str, run_id: str, root: Path) -> dict[str, str]:
     }
 
 
-def training_job(sweep: Any, run: Any, root: Path, python: str | None = None) -> jobs.TrainingJob:
+def training_job(sweep: Any, run: Any, root: Path, python: str | None = None,
+                 save_timeout_s: float = 240.0) -> jobs.TrainingJob:
     """The submitit callable for one run: the sweep's command expanded for the run's parameters."""
     from harness.sweep import controller
     from harness.sweep import spec as sweep_spec
@@ -92,7 +112,7 @@ def training_job(sweep: Any, run: Any, root: Path, python: str | None = None) ->
                                      program=sweep.spec.get("program"), run_dir=folder, interpreter=python)
     workdir = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
     return jobs.TrainingJob(run.id, str(folder), argv, run_env(sweep.id, run.id, root), workdir,
-                            unset_env=["WANDB_SWEEP_ID"])
+                            save_timeout_s=save_timeout_s, unset_env=["WANDB_SWEEP_ID"])
 
 
 # --- the controller of a local sweep -------------------------------------------------------------
@@ -108,6 +128,8 @@ class _InFlight:
     over_since: float | None = None  # when sacct first said the job is over
     unknown_since: float | None = None
     preempted_since: float | None = None
+    cancel_sent: float | None = None  # scancel sent before a resubmission; waiting for SLURM to confirm
+    requeue_noted: str | None = None  # the sacct state last reported as requeued (said once)
 
     def __post_init__(self) -> None:
         from harness.sweep import controller
@@ -134,22 +156,25 @@ class SlurmController:
         self.folder = slurm_folder(self.root, sweep_id)
         self.host = socket.gethostname()
         self.in_flight: dict[str, _InFlight] = {}
+        self._held_back: dict[str, str] = {}  # run id -> lease token already reported as holding it
         self.claimed = 0
         self.job_failures = 0  # jobs in a row that ended without ever starting their run
-        self.stop_signal: int | None = None
+        self.signals = processes.SignalFlag((signal.SIGINT, signal.SIGTERM))
         self._executor = None
         self.max_in_flight_seen = 0
+        self.outage_since: float | None = None  # the scheduler has not answered since then
+        self.submit_error: str | None = None  # sbatch kept failing: no more submissions
+        self.unknown_grace_s = unknown_job_grace_s()
 
     # -- public ------------------------------------------------------------------------------------
     def run(self) -> int:
         """Drive the sweep until it is over (0), detached by a signal (128+N) or jobs keep failing (1)."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.signals.install()
         try:
             self.reattach()
             code = self._loop()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.signals.restore()
         if self.stop_signal:
             ids = ", ".join(item.job.job_id for item in self.in_flight.values()) or "none"
             self.echo(f"[slurm] detached; {len(self.in_flight)} job(s) keep running ({ids}). Re-attach with the same "
@@ -194,6 +219,12 @@ class SlurmController:
                           f"not submitting more (job logs: {self.folder})")
                 if not self.in_flight:
                     return 1
+            elif self.submit_error is not None:
+                if not self.in_flight:
+                    self.echo(f"[slurm] stopped: {self.submit_error}")
+                    return 1
+            elif self.outage_since is not None:
+                pass  # nothing is submitted while the scheduler does not answer
             else:
                 self._hyperband(sweep)
                 exhausted = self._fill(sweep)
@@ -203,13 +234,13 @@ class SlurmController:
                 if not self.in_flight and (exhausted or sweep.state != "running"):
                     self._goodbye(sweep)
                     return 0
-            self._sleep(self.poll_s)
+            self._sleep(self._poll_interval())
 
     def _fill(self, sweep: Any) -> bool:
         """Submit runs up to `parallel` in flight; True when no more runs will come from here."""
         if sweep.state != "running":
             return True
-        while len(self.in_flight) < self.parallel:
+        while len(self.in_flight) < self.parallel and self.submit_error is None:
             if self.count is not None and self.claimed >= self.count:
                 return True
             if self.job_failures and any(item.placement_seen is None for item in self.in_flight.values()):
@@ -217,6 +248,15 @@ class SlurmController:
             run = self.store.claim_run(self.sweep_id, agent=AGENT, host=self.host, gpu=None, state="pending")
             if run is None:
                 return True
+            holder = lease.live_holder(self._run_folder(run.id))
+            if holder is not None:
+                # Someone still trains in its folder (an old job this controller lost track of, a
+                # process on another node): submitting now would make two writers. Wait for the lease.
+                self.store.release_run(run.id, AGENT)
+                if self._held_back.get(run.id) != holder.token:
+                    self._held_back[run.id] = holder.token
+                    self.echo(f"[slurm] run {run.id} not submitted: its folder is held by {holder.describe()}")
+                return False
             self.claimed += 1
             self._submit(sweep, run)
         self.max_in_flight_seen = max(self.max_in_flight_seen, len(self.in_flight))
@@ -224,13 +264,28 @@ class SlurmController:
 
     def _submit(self, sweep: Any, run: Any) -> None:
         executor = self._get_executor()
-        job_callable = training_job(sweep, run, self.root, python=self.python)
+        job_callable = training_job(sweep, run, self.root, python=self.python,
+                                    save_timeout_s=self.profile.save_timeout_s())
         executor.update_parameters(name=f"{JOB_PREFIX}{run.id}")
-        try:
-            job = executor.submit(job_callable)
-        except Exception as error:  # sbatch refused (partition, resources): the run goes back to the pool
-            self.store.finish_run(run.id, "crashed", agent=AGENT)
-            raise LaunchError(f"sbatch refused the job for run {run.id} (profile {self.profile.name!r}): {error}") from None
+        job = None
+        for attempt in range(1, SUBMIT_TRIES + 1):
+            try:
+                job = executor.submit(job_callable)
+                break
+            except Exception as error:  # noqa: BLE001 - sbatch failed: transient (controller busy) or not
+                message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                if attempt == SUBMIT_TRIES or self.stop_signal:
+                    # The claim goes back unspent; jobs already in flight are still watched to their end.
+                    self.store.release_run(run.id, agent=AGENT)
+                    self.submit_error = (f"sbatch failed {attempt} time(s) for run {run.id} (profile "
+                                         f"{self.profile.name!r}): {message}")
+                    self.echo(f"[slurm] error: {self.submit_error}; not submitting more, "
+                              f"watching the {len(self.in_flight)} job(s) in flight")
+                    return
+                delay = 2.0 ** attempt
+                self.echo(f"[slurm] sbatch failed for run {run.id} (try {attempt} of {SUBMIT_TRIES}): {message}; "
+                          f"retrying in {delay:.0f} s")
+                self._sleep(delay)
         self.store.set_job_id(run.id, job.job_id)
         self.in_flight[run.id] = _InFlight(run.id, job, self._run_folder(run.id), submitted=time.time())
         params = " ".join(f"{key}={value}" for key, value in run.config.items())
@@ -239,25 +294,39 @@ class SlurmController:
 
     def _poll(self) -> None:
         if not self.in_flight:
+            self._check_scheduler()
             return
-        states = job_states([item.job.job_id for item in self.in_flight.values()])
+        answer = job_states([item.job.job_id for item in self.in_flight.values()])
+        self._note_scheduler(answer is not None)
+        states = answer or {}
+        self._note_requeued(states)
         now = time.time()
         for item in list(self.in_flight.values()):
             self._sync(item)
             state = states.get(item.job.job_id)
+            if answer is None and not _result_exists(item.job):
+                # The scheduler is unknown, not the job: keep it, its run goes on (or waits) on its node.
+                self.store.heartbeat(item.run_id, agent=AGENT)
+                continue
             over = _result_exists(item.job) or (state is not None and state.split()[0] in TERMINAL_JOB_STATES)
+            believed_gone = False
             if state is None and not _result_exists(item.job):
                 item.unknown_since = item.unknown_since or now
-                over = now - item.unknown_since > UNKNOWN_JOB_GRACE_S and now - item.submitted > UNKNOWN_JOB_GRACE_S
+                believed_gone = (now - item.unknown_since > self.unknown_grace_s
+                                 and now - item.submitted > self.unknown_grace_s)
             else:
                 item.unknown_since = None
             if state is not None and state.startswith("PREEMPTED"):
                 # Requeued jobs leave PREEMPTED within seconds; one still there was cancelled for good
                 # (PreemptMode=CANCEL): over, and its run is resubmitted.
                 item.preempted_since = item.preempted_since or now
-                over = over or now - item.preempted_since > PREEMPTED_GRACE_S
+                believed_gone = believed_gone or now - item.preempted_since > PREEMPTED_GRACE_S
             else:
                 item.preempted_since = None
+            if believed_gone and not over:
+                # Before its run is handed to a new job, make sure this one can never come back and write
+                # the run folder too: cancel it and wait until SLURM confirms it is gone.
+                over = self._cancelled_and_gone(item, now)
             if not over:
                 reply = self.store.heartbeat(item.run_id, agent=AGENT)
                 if reply == "stop" and item.stop_reason is None:
@@ -268,6 +337,30 @@ class SlurmController:
                     now - item.over_since < RESULT_GRACE_S:
                 continue  # a job that completed wrote its result: on a slow shared filesystem it may lag
             self._finish(item, state)
+
+    def _note_requeued(self, states: dict[str, str]) -> None:
+        """Jobs sacct calls over but squeue still queues were requeued by SLURM: not over (in place).
+
+        Without this a job requeued after a node failure would be seen NODE_FAIL, its run resubmitted
+        as a new job, and the run trained twice (the requeued job and the new one).
+        """
+        by_id = {item.job.job_id: item for item in self.in_flight.values()}
+        suspects = [job_id for job_id, state in states.items() if job_id in by_id and state
+                    and state.split()[0] in TERMINAL_JOB_STATES and not _result_exists(by_id[job_id].job)]
+        queued_now = queue_states(suspects)
+        if queued_now is None:  # squeue does not answer: whether they were requeued is unknown, so not over yet
+            for job_id in suspects:
+                states[job_id] = "UNKNOWN"
+            return
+        for job_id, queued in queued_now.items():
+            if queued.split()[0] not in QUEUED_JOB_STATES:
+                continue
+            item = by_id[job_id]
+            if item.requeue_noted != states[job_id]:
+                item.requeue_noted = states[job_id]
+                self.echo(f"[slurm] job {job_id}: {states[job_id]} but queued again ({queued}): SLURM requeued it "
+                          f"(run {item.run_id} resumes from its folder)")
+            states[job_id] = queued
 
     def _sync(self, item: _InFlight) -> bool:
         """Run folder -> store: placement (host, GPU) and metrics. True when new epochs arrived."""
@@ -286,10 +379,10 @@ class SlurmController:
     def _hyperband(self, sweep: Any) -> None:
         if not sweep.spec.get("early_terminate") or not self.in_flight:
             return
-        from harness.sweep import controller
+        from harness.sweep import engine
 
         try:
-            to_stop = controller.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
+            to_stop = engine.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
         except ValueError as error:
             self.echo(f"[slurm] early_terminate ignored: {error}")
             return
@@ -321,6 +414,14 @@ class SlurmController:
                 error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
         placement = jobs.read_placement(item.folder)
         started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        if exit_code == lease.EXIT_OWNED:
+            # The job's trainer found the folder's lease held by another live process: not a crash,
+            # no attempt spent; it is submitted again once the lease is free.
+            self.store.release_run(item.run_id, AGENT)
+            del self.in_flight[item.run_id]
+            self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} found its folder owned by another process "
+                      f"(exit {exit_code}): given back, no attempt spent")
+            return
         if exit_code is not None:
             state = controller.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
             self.job_failures = 0
@@ -342,6 +443,50 @@ class SlurmController:
         self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} {state} "
                   f"(job {job_state or 'done'}, exit {exit_code}){metric}{detail}")
 
+    def _cancelled_and_gone(self, item: _InFlight, now: float) -> bool:
+        if item.cancel_sent is None:
+            item.cancel_sent = now
+            self.echo(f"[slurm] job {item.job.job_id} (run {item.run_id}) is not listed by SLURM any more: "
+                      "cancelling it before its run is resubmitted")
+            item.job.cancel(check=False)
+            return False
+        listed = job_listed(item.job.job_id)
+        if listed is False:
+            return True
+        if now - item.cancel_sent > CANCEL_CONFIRM_S:
+            self.echo(f"[slurm] job {item.job.job_id}: SLURM has not confirmed it is gone after "
+                      f"{now - item.cancel_sent:.0f} s; its run stays with it (retrying scancel)")
+            item.cancel_sent = now
+            item.job.cancel(check=False)
+        return False
+
+    def _check_scheduler(self) -> None:
+        """With no job in flight, only know whether the scheduler answers (so nothing is submitted into an
+        outage)."""
+        if self.outage_since is not None:
+            self._note_scheduler(job_listed("1") is not None)
+
+    def _note_scheduler(self, answered: bool) -> None:
+        now = time.time()
+        if answered:
+            if self.outage_since is not None:
+                self.echo(f"[slurm] the scheduler answers again after {now - self.outage_since:.0f} s; "
+                          f"{len(self.in_flight)} job(s) kept")
+                for item in self.in_flight.values():
+                    item.unknown_since = None  # the outage does not count towards a job's grace
+                self.outage_since = None
+            return
+        if self.outage_since is None:
+            self.outage_since = now
+            self.echo(f"[slurm] the scheduler does not answer (sacct and squeue failed): keeping the "
+                      f"{len(self.in_flight)} job(s) in flight, submitting nothing, polling less often")
+
+    def _poll_interval(self) -> float:
+        if self.outage_since is None:
+            return self.poll_s
+        elapsed = time.time() - self.outage_since
+        return min(OUTAGE_BACKOFF_MAX_S, max(self.poll_s, elapsed / 4))
+
     # -- helpers -----------------------------------------------------------------------------------
     def _get_executor(self):
         if self._executor is None:
@@ -354,13 +499,25 @@ class SlurmController:
         return controller.run_dir(self.root, self.sweep_id, run_id)
 
     def _job_by_name(self, run_id: str) -> str | None:
-        try:
-            listing = subprocess.run(["squeue", "-h", "-n", f"{JOB_PREFIX}{run_id}", "-o", "%A"],
-                                     capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        ids = listing.stdout.split()
-        return ids[0] if ids else None
+        """The queued/running job named for the run, or None once squeue has answered that there is none.
+        While squeue does not answer, wait (a run must not be resubmitted on the strength of an outage)."""
+        delay = self.poll_s
+        while True:
+            try:
+                listing = subprocess.run(["squeue", "-h", "-n", f"{JOB_PREFIX}{run_id}", "-o", "%A"],
+                                         capture_output=True, text=True, timeout=60)
+                if listing.returncode == 0:
+                    ids = listing.stdout.split()
+                    return ids[0] if ids else None
+                problem = listing.stderr.strip() or f"exit {listing.returncode}"
+            except (OSError, subprocess.TimeoutExpired) as error:
+                problem = str(error)
+            if self.stop_signal:
+                raise LaunchError(f"squeue does not answer ({problem}): cannot re-attach run {run_id} safely")
+            self.echo(f"[slurm] squeue does not answer ({problem}); re-attaching run {run_id} when it does "
+                      f"(retry in {delay:.0f} s)")
+            self._sleep(delay)
+            delay = min(OUTAGE_BACKOFF_MAX_S, delay * 2)
 
     def _announce(self) -> None:
         self.echo(f"[slurm] watch: squeue -u $USER | sacct -X -o JobID,JobName%20,State,Elapsed,AllocTRES%40 | "
@@ -368,23 +525,26 @@ class SlurmController:
 
     def _goodbye(self, sweep: Any) -> None:
         sweep = self.store.get_sweep(self.sweep_id)  # the last claim may have just finished it
+        from harness.sweep import status
+
         counts = self.store.counts(self.sweep_id)
         summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
-        self.echo(f"[slurm] sweep {self.sweep_id} is {sweep.state}: {summary or 'no runs'}")
+        self.echo(f"[slurm] sweep {self.sweep_id} is {status.outcome(sweep, counts)}: {summary or 'no runs'}")
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop_signal = self.stop_signal or signum
+    @property
+    def stop_signal(self) -> int | None:
+        """The first signal that asked the launcher to detach (None: none yet)."""
+        return self.signals.first
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stop_signal:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        processes.sleep_unless(seconds, lambda: self.signals.count)
 
 
-def job_states(job_ids: list[str]) -> dict[str, str]:
+def job_states(job_ids: list[str]) -> dict[str, str] | None:
     """{job id: sacct state} for these jobs (one sacct call); jobs sacct does not list yet are absent.
 
     Falls back to squeue when sacct fails (no accounting): then a job that left the queue is absent.
+    None when neither answers (controller or accounting down): the jobs' states are unknown, not over.
     """
     if not job_ids:
         return {}
@@ -400,15 +560,44 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
             if job_id:
                 states[job_id.strip()] = state.strip()
         return states
+    return queue_states(job_ids)
+
+
+def queue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """{job id: squeue state} for those of these jobs still in the queue (one squeue call); None when
+    squeue does not answer."""
+    if not job_ids:
+        return {}
     try:
         queue = subprocess.run(["squeue", "-h", "-o", "%A|%T", "-j", ",".join(job_ids)],
                                capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if queue.returncode != 0 and not _invalid_job_id(queue.stderr):
+        return None
+    states: dict[str, str] = {}
     for line in queue.stdout.splitlines():
         job_id, _, state = line.partition("|")
-        states[job_id.strip()] = state.strip()
+        if job_id.strip():
+            states[job_id.strip()] = state.strip()
     return states
+
+
+def job_listed(job_id: str) -> bool | None:
+    """Whether slurmctld still lists the job (queued, running, completing); None when it does not answer."""
+    try:
+        queue = subprocess.run(["squeue", "-h", "-o", "%T", "-j", str(job_id)], capture_output=True, text=True,
+                               timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if queue.returncode == 0:
+        return bool(queue.stdout.strip())
+    return False if _invalid_job_id(queue.stderr) else None
+
+
+def _invalid_job_id(stderr: str) -> bool:
+    # squeue -j ID exits 1 with this when the controller answers but no longer knows the job.
+    return "Invalid job id" in stderr
 
 
 def _result_exists(job: Any) -> bool:
@@ -427,6 +616,7 @@ class WandbArrayPlan:
     argv: tuple[str, ...]
     env: dict[str, str]
     log_dir: Path
+    save_timeout_s: float = 240.0  # how long a task waits for its agent's run to save after SLURM's warning
 
 
 def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int | None = None,
@@ -446,7 +636,8 @@ def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int |
     env = {"HARNESS_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     return WandbArrayPlan(folder=slurm_folder(root, sweep_path), executor_arguments=profile.executor_arguments(),
                           parameters=parameters, tasks=tasks, argv=argv,
-                          env=env, log_dir=Path(root) / sweep_folder_name(sweep_path) / "agents")
+                          env=env, log_dir=Path(root) / sweep_folder_name(sweep_path) / "agents",
+                          save_timeout_s=profile.save_timeout_s())
 
 
 def submit_wandb_array(plan: WandbArrayPlan, echo: Callable[[str], None] = print) -> list[Any]:
@@ -455,7 +646,8 @@ def submit_wandb_array(plan: WandbArrayPlan, echo: Callable[[str], None] = print
 
     executor = submitit.AutoExecutor(folder=plan.folder, cluster="slurm", **plan.executor_arguments)
     executor.update_parameters(**plan.parameters)
-    task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=os.getcwd(), log_dir=str(plan.log_dir))
+    task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=os.getcwd(), log_dir=str(plan.log_dir),
+                               save_timeout_s=plan.save_timeout_s)
     array = executor.map_array(task, list(range(plan.tasks)))
     ids = ", ".join(job.job_id for job in array)
     echo(f"[slurm] W&B sweep: job array of {plan.tasks} `wandb agent` task(s): {ids}")

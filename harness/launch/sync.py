@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from harness import processes
 from harness.launch.gpus import sweep_folder_name
 
 FLUSH_INTERVAL_S = 5  # how often a run writes its .wandb file while syncing is on (W&B's default: 15 s)
@@ -241,8 +242,6 @@ class LiveSyncer:
         self._start(run_id, record)
 
     def _start(self, run_id: str, record: _Folder) -> None:
-        from harness.launch.gpus import _die_with_parent
-
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self._log(run_id), "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} live sync of {record.path}\n".encode())
@@ -251,7 +250,7 @@ class LiveSyncer:
             record.process = subprocess.Popen(
                 [self.python, "-m", "wandb", "beta", "sync", "--live", str(record.path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent, env={**SYNC_ENV, **os.environ},
+                preexec_fn=processes.die_with_parent, env={**SYNC_ENV, **os.environ},
             )
         self.started += 1
 

@@ -10,7 +10,12 @@ Layout (inside `<run_dir>/`):
 
 Every write is crash-safe: a checkpoint is written into a hidden temporary folder, renamed to its
 final name, and only then does `LATEST` point to it (`harness.io.atomic_write_text`); a kill at any
-moment leaves the previous checkpoint in force. The best model is written in two phases: staged as
+moment leaves the previous checkpoint in force. The checkpoint that was in force before the newest
+one is kept too (one older complete checkpoint to fall back to by hand).
+
+Damaged state fails loudly (`CheckpointError`, naming the file and how to recover): a `LATEST` that
+names a missing or incomplete folder, a state.json that does not parse, weights that do not load.
+A run is never silently restarted from epoch 0; `--restart` (see `discard`) is the explicit way. The best model is written in two phases: staged as
 `.best-epochNNNNN.keras` before the checkpoint that records its score, renamed to `best.keras` after;
 on resume a staged file is promoted only if the checkpoint in force names its epoch as the best, so
 `best.keras` always matches the best score the run resumes with.
@@ -19,7 +24,6 @@ on resume a staged file is promoted only if the checkpoint in force names its ep
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import io
+from harness.errors import HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -40,6 +45,12 @@ BEST_FILE = "best.keras"
 METRICS_FILE = "metrics.jsonl"
 _STAGED_BEST = re.compile(r"^\.best-epoch(\d+)\.keras$")
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
+
+
+class CheckpointError(HarnessError):
+    """The run folder's checkpoint is damaged: the run stops instead of starting again from epoch 0."""
+
+    exit_code = 1  # not a usage error: the run's own state is broken (agents count it as the run's failure)
 
 
 @dataclasses.dataclass
@@ -56,6 +67,12 @@ class TrainState:
     stopped_early: bool = False  # early stopping ended the run
     reason: str = "epoch_end"  # epoch_end | signal:<NAME>
     saved: float = 0.0  # time.time() at save
+    # Mid-epoch only (exact resume): Keras's metric accumulators over the epoch's first `batch`
+    # batches (model.metrics_variables, in order), so the resumed epoch's row covers all its batches.
+    metric_sums: list[Any] = dataclasses.field(default_factory=list)
+    # The random-seed generators' states (Dropout's), in model.variables order: they are not in the
+    # weights file, and a resumed run must draw the dropout masks an uninterrupted one would.
+    seed_states: list[list[int]] = dataclasses.field(default_factory=list)
 
     @property
     def mid_epoch(self) -> bool:
@@ -75,6 +92,7 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: "keras.Model", state
     """Write model + optimizer + `state` as a new checkpoint and make it the current one."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    previous = _pointer_name(root)
     number = max((_checkpoint_number(path.name) for path in root.iterdir()), default=0) + 1
     name = f"ckpt-{number:06d}"
     staging = root / f".tmp-{name}-{os.getpid()}"
@@ -91,21 +109,26 @@ def save_checkpoint(run_dir: str | os.PathLike[str], model: "keras.Model", state
     os.rename(staging, final)
     _fsync_dir(root)
     io.atomic_write_text(root / POINTER, name + "\n")  # the commit point
-    _remove_old(root, keep=name)
+    _remove_old(root, keep=(name, previous))
     return final
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint folder in force, or None when the run has none."""
+    """The checkpoint folder in force, or None when the run has none (no `LATEST` yet).
+
+    A `LATEST` naming a missing or incomplete folder is a CheckpointError, never "no checkpoint".
+    """
     root = checkpoint_root(run_dir)
-    try:
-        name = (root / POINTER).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    name = _pointer_name(root)
+    if name is None:
         return None
     folder = root / name
-    if _CHECKPOINT_NAME.match(name) and (folder / STATE_FILE).exists() and (folder / WEIGHTS_FILE).exists():
-        return folder
-    return None
+    missing = [file for file in (STATE_FILE, WEIGHTS_FILE) if not (folder / file).is_file()]
+    if not _CHECKPOINT_NAME.match(name) or missing:
+        what = f"names {name!r}, which is not a checkpoint folder" if not _CHECKPOINT_NAME.match(name) else (
+            f"names {name}, which is missing" if not folder.is_dir() else f"names {name}, which lacks {', '.join(missing)}")
+        raise CheckpointError(f"{root / POINTER} {what}. {_recovery(root, name)}")
+    return folder
 
 
 def load_state(run_dir: str | os.PathLike[str]) -> TrainState | None:
@@ -113,20 +136,99 @@ def load_state(run_dir: str | os.PathLike[str]) -> TrainState | None:
     folder = latest_checkpoint(run_dir)
     if folder is None:
         return None
-    return TrainState.from_dict(io.read_json(folder / STATE_FILE))
+    return _read_state(folder)
 
 
 def restore_weights(run_dir: str | os.PathLike[str], model: "keras.Model") -> TrainState | None:
-    """Load the checkpoint in force into a compiled `model` (weights and optimizer state)."""
+    """Load the checkpoint in force into a compiled `model` (weights, optimizer and seed-generator state)."""
     folder = latest_checkpoint(run_dir)
     if folder is None:
         return None
+    state = _read_state(folder)
     optimizer = model.optimizer
     if optimizer is not None and not optimizer.built:
         # The optimizer's slots must exist before its saved variables can be loaded into them.
         optimizer.build(model.trainable_variables)
-    model.load_weights(str(folder / WEIGHTS_FILE))
-    return TrainState.from_dict(io.read_json(folder / STATE_FILE))
+    try:
+        model.load_weights(str(folder / WEIGHTS_FILE))
+    except Exception as error:  # h5py/Keras raise many kinds (OSError, ValueError, KeyError) for one cause
+        raise CheckpointError(
+            f"{folder / WEIGHTS_FILE} does not load into this model ({type(error).__name__}: {error}). "
+            f"{_recovery(folder.parent, folder.name)}"
+        ) from error
+    restore_seed_states(model, state.seed_states)
+    return state
+
+
+def seed_states(model: "keras.Model") -> list[list[int]]:
+    """The states of the model's random-seed generators (Dropout's), in model.variables order
+    (their paths are not unique: every generator's variable is `seed_generator.../seed_generator_state`)."""
+    return [[int(value) for value in variable.numpy().ravel()] for variable in _seed_variables(model)]
+
+
+def restore_seed_states(model: "keras.Model", saved: list[list[int]]) -> None:
+    import numpy as np
+
+    variables = _seed_variables(model)
+    if not saved:
+        return  # a checkpoint written before seed states were saved: dropout masks start afresh
+    if len(saved) != len(variables):
+        raise CheckpointError(f"the checkpoint holds {len(saved)} random-seed states, the model has {len(variables)}")
+    for variable, values in zip(variables, saved):
+        variable.assign(np.asarray(values, dtype=variable.dtype).reshape(variable.shape))
+
+
+def _seed_variables(model: "keras.Model") -> list[Any]:
+    return [variable for variable in model.variables if variable.path.endswith("seed_generator_state")]
+
+
+def discard(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Move the run's training state (checkpoints, metrics, best model, summary) into
+    `<run_dir>/discarded-<time>/` so the run starts again from epoch 0; None when there was none.
+    Nothing is deleted: the old state stays there to look at or to put back."""
+    run_dir = Path(run_dir)
+    names = [CHECKPOINT_DIR, METRICS_FILE, BEST_FILE, "summary.json"]
+    present = [name for name in names if (run_dir / name).exists()] + [
+        path.name for path in run_dir.glob(".best-epoch*.keras")]
+    if not present:
+        return None
+    stamp = time.strftime("discarded-%Y%m%d-%H%M%S")
+    target, number = run_dir / stamp, 1
+    while target.exists():  # two restarts within a second
+        target, number = run_dir / f"{stamp}-{number}", number + 1
+    target.mkdir()
+    for name in present:
+        os.rename(run_dir / name, target / name)
+    _fsync_dir(run_dir)
+    return target
+
+
+def _pointer_name(root: Path) -> str | None:
+    try:
+        return (root / POINTER).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _read_state(folder: Path) -> TrainState:
+    path = folder / STATE_FILE
+    try:
+        values = io.read_json(path)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        return TrainState.from_dict(values)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path} does not parse ({error}). {_recovery(folder.parent, folder.name)}") from error
+
+
+def _recovery(root: Path, broken: str) -> str:
+    """How to recover from a damaged checkpoint: an older complete one, or starting over."""
+    older = sorted((path.name for path in root.iterdir() if _CHECKPOINT_NAME.match(path.name) and path.name != broken
+                    and (path / STATE_FILE).is_file() and (path / WEIGHTS_FILE).is_file()), reverse=True) \
+        if root.is_dir() else []
+    fallback = (f"write {older[0]!r} into {root / POINTER} to resume from the previous complete checkpoint, or "
+                if older else "")
+    return f"To recover: {fallback}start the run again with --restart to train it from epoch 0 (the old state is kept aside)."
 
 
 # --- best model -------------------------------------------------------------------------------------
@@ -175,7 +277,7 @@ def load_best(run_dir: str | os.PathLike[str]) -> "keras.Model":
 def append_metrics(run_dir: str | os.PathLike[str], row: dict[str, Any]) -> None:
     """Append one epoch's row (one write call and an fsync, so a kill leaves at most a torn last line)."""
     path = Path(run_dir) / METRICS_FILE
-    line = json.dumps(row, sort_keys=True, default=io._json_default) + "\n"
+    line = io.jsonl_text([row])
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
@@ -183,17 +285,26 @@ def append_metrics(run_dir: str | os.PathLike[str], row: dict[str, Any]) -> None
 
 
 def truncate_metrics(run_dir: str | os.PathLike[str], epochs_completed: int) -> list[dict[str, Any]]:
-    """Keep one row per epoch 1..epochs_completed (rows past a checkpoint would be repeated on resume)."""
+    """Make metrics.jsonl exactly one row per epoch 1..epochs_completed (the checkpoint in force's).
+
+    Rows past the checkpoint (they would be repeated on resume), torn or unparsable lines (skipped
+    and reported by `harness.io.read_jsonl`) and repeated epochs (the latest row wins) are dropped;
+    the file is rewritten atomically whenever its text is not exactly those rows.
+    """
     path = Path(run_dir) / METRICS_FILE
     rows = io.read_jsonl(path)
     kept: dict[int, dict[str, Any]] = {}
     for row in rows:
-        epoch = int(row.get("epoch", 0))
+        try:
+            epoch = int(row.get("epoch", 0))
+        except (TypeError, ValueError):
+            continue
         if 1 <= epoch <= epochs_completed:
             kept[epoch] = row  # the latest row of an epoch wins
     ordered = [kept[epoch] for epoch in sorted(kept)]
-    if path.exists() and ordered != rows:
-        io.atomic_write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in ordered))
+    text = io.jsonl_text(ordered)
+    if path.exists() and path.read_text(encoding="utf-8", errors="replace") != text:
+        io.atomic_write_text(path, text)
     return ordered
 
 
@@ -203,9 +314,9 @@ def _checkpoint_number(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _remove_old(root: Path, keep: str) -> None:
+def _remove_old(root: Path, keep: tuple[str | None, ...]) -> None:
     for path in root.iterdir():
-        if path.name in (keep, POINTER) or path.name.startswith(f".{POINTER}."):
+        if path.name in keep or path.name == POINTER or path.name.startswith(f".{POINTER}."):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Click commands of this area (registered on the `harness` group by harness.cli).
 
-    harness train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--key=value ...]
+    harness train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--restart] [--key=value ...]
     harness config [--markdown]
 """
 
@@ -31,6 +31,8 @@ CONTROL_HELP = {
     "run_id": "the run's id (default: $WANDB_RUN_ID, else a new 8-character id); the same id resumes the run",
     "root": "the runs root (default: $HARNESS_ROOT, else ./runs)",
     "sweep_id": "the run's sweep folder (default: $HARNESS_SWEEP_ID, else $WANDB_SWEEP_ID, else `single`)",
+    "restart": "a bare flag: move the run's checkpoints, metrics and best model aside (to `discarded-<time>/` in its "
+               "folder) and train it again from epoch 0; the way out of a damaged checkpoint (docs/resuming.md)",
 }
 
 
@@ -77,8 +79,9 @@ def register(group: click.Group) -> None:
     def train_command(ctx: click.Context, args: tuple[str, ...]) -> None:
         """Train (or resume) one run: the same as `python -m harness.train [--key=value ...]`.
 
-        Options: --config FILE, --run_id ID, --root DIR, --sweep_id ID and any config key as
-        --key=value (see `harness config`). Exit code 0 finished, 2 bad config, 128+signal preempted.
+        Options: --config FILE, --run_id ID, --root DIR, --sweep_id ID, --restart and any config key as
+        --key=value (see `harness config`). Exit code 0 finished, 2 bad config, 128+signal preempted,
+        75 the run folder is another process's (its lease), 1 failed (also: a damaged checkpoint).
         """
         from harness.run import train
 

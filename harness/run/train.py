@@ -9,20 +9,28 @@ docs/architecture.md and docs/training.md). Starting a run whose folder exists r
   in force, the best score and the early-stopping / LR-on-plateau counters from its state.json;
 - metrics.jsonl is cut back to the checkpoint's epoch, so every epoch appears exactly once.
 
+Exactly one process trains in a run folder: `train` first takes the folder's lease
+(harness/run/lease.py) and a second trainer exits at once with code 75, touching nothing. The lease
+is renewed while training and checked before every metrics row and checkpoint.
+
 At the end of every epoch the run appends its metrics row, logs TensorBoard / W&B (step = epoch),
 stages best.keras if the monitored metric improved, writes the checkpoint (the commit point) and
 then promotes best.keras. SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP and SIGQUIT set a flag that is
-checked after every batch: the run saves a mid-epoch checkpoint at once (weights and optimizer state
-of that moment, with the batch index) and ends as harness.run.stopping says: preempted (and
-`run.mark_preempting()` under W&B, exit 128 + the signal number), or, for the W&B agent's SIGTERM,
-stopped (exit 0). A second signal of the same kind exits at once (the checkpoint in force is always
-complete, so nothing is lost but the work since it). A signal ignored when the run starts (nohup)
-stays ignored.
+checked after every batch: the run saves a mid-epoch checkpoint at once (weights, optimizer and
+dropout-seed state of that moment, the batch index and Keras's metric sums so far) and ends as
+harness.run.stopping says: preempted (and `run.mark_preempting()` under W&B, exit 128 + the signal
+number), or, for the W&B agent's SIGTERM, stopped (exit 0). A second signal of the same kind exits at
+once (the checkpoint in force is always complete, so nothing is lost but the work since it). A signal
+ignored when the run starts (nohup) stays ignored.
 
-Resuming from a mid-epoch checkpoint restarts the interrupted epoch from its first batch with the
-weights and optimizer state saved at the signal: no training step is lost, every epoch in
-metrics.jsonl is a full pass whose metrics cover all of its batches, and the data order of that
-epoch is the same as it was (the dataset is seeded by epoch).
+Exact resume: a run resumed from a mid-epoch checkpoint saved after batch k continues with batch
+k + 1 of the same epoch in the same data order (the dataset is seeded by epoch). The first k steps
+are skipped, not retrained (`skip_first_batches`), and the metric sums of those k batches are put
+back, so the epoch's metrics.jsonl row covers all of its batches and its optimizer step count is
+that of an uninterrupted run. A signal during validation saves the state after the epoch's last
+training batch: the resume redoes only the validation. With `deterministic=true` on CPU, a run
+interrupted any number of times ends with the weights of an uninterrupted one
+(tests/run/test_exact_resume.py).
 """
 
 from __future__ import annotations
@@ -48,10 +56,12 @@ from harness import model as model_module
 from harness.config import Config
 from harness.errors import ConfigError, HarnessError
 from harness.run import checkpoint as checkpoint_module
+from harness.run import lease as lease_module
 from harness.run import stopping, tracking
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+PAUSED_FILE = "paused.json"  # written while HARNESS_PAUSE_AT holds the run still (tests)
 STOP_SIGNALS = stopping.SIGNALS
 # Keys a resume may change: they do not change what the run computes, only how long or where from.
 RESUME_OVERRIDABLE = ("epochs", "workers", "data_dir", "cache_dir")
@@ -160,19 +170,48 @@ def train(
     *,
     wandb_run: Any = None,
     verbose: int | None = None,
+    restart: bool = False,
+    lease: lease_module.Lease | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, or just report) the run in `run_dir`; returns its summary.
 
     The summary's `status` is finished, preempted (then `exit_code` is 128 + signal) or failed (the
     exception is re-raised after the summary is written). `wandb_run` is a run already started by
     the caller (under a W&B sweep, where wandb.config had to be read first); else one is started here.
+    First of all the run folder's lease is taken (harness.run.lease), unless the caller holds it
+    already (`lease`, released by the caller): if another live process holds it, LeaseHeld (exit
+    code 75) is raised before anything in the folder is touched. `restart` moves the old training
+    state aside (checkpoint.discard) and trains from epoch 0.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    owned = lease is None
+    if lease is None:
+        try:
+            lease = lease_module.Lease.acquire(run_dir)
+        except lease_module.LeaseHeld:
+            if wandb_run is not None:
+                wandb_run.finish(exit_code=lease_module.EXIT_OWNED)
+            raise
+    if lease.broke:
+        print(f"run {run_id}: {lease.broke}", file=sys.stderr, flush=True)
+    lease.start_renewing()
+    try:
+        if restart:
+            moved = checkpoint_module.discard(run_dir)
+            if moved is not None:
+                print(f"run {run_id}: --restart: its previous training state is kept in {moved}", flush=True)
+        return _train_owned(config, run_dir, run_id, sweep_id, lease, wandb_run=wandb_run, verbose=verbose)
+    finally:
+        if owned:
+            lease.release()
+
+
+def _train_owned(config: Config, run_dir: Path, run_id: str, sweep_id: str | None, lease: lease_module.Lease, *,
+                 wandb_run: Any, verbose: int | None) -> dict[str, Any]:
     config = resolve_config(run_dir, config.validate())
     run = _RunFiles(run_dir, config, run_id, sweep_id)
 
-    state = checkpoint_module.load_state(run_dir)
+    state = checkpoint_module.load_state(run_dir)  # a damaged checkpoint stops the run here (CheckpointError)
     previous = read_summary(run_dir) or {}
     if state is not None and not state.mid_epoch and (state.epoch >= config.epochs or state.stopped_early):
         # Nothing left to train: report (and repair a summary that a kill left unfinished).
@@ -202,6 +241,10 @@ def train(
         from harness.run import losses
 
         keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
         model = build_model(config)
         model.compile(
             optimizer=make_optimizer(config),
@@ -217,7 +260,9 @@ def train(
         # the batches an uninterrupted one would have had.
         datasets.train.set_epoch(state.epoch)
         if restored is not None:
-            where = f"epoch {state.epoch + 1}" + (f" (saved at its batch {state.batch}, restarted from its start)" if state.mid_epoch else "")
+            where = f"epoch {state.epoch + 1}"
+            if state.mid_epoch:
+                where += f" batch {state.batch + 1} (its first {state.batch} batches were trained before: skipped)"
             print(f"resuming run {run_id} at {where}, optimizer step {int(model.optimizer.iterations.numpy())}", flush=True)
 
         hparams = {key: value for key, value in config.to_dict().items() if key not in ("data_dir", "cache_dir")}
@@ -230,9 +275,13 @@ def train(
             ),
         )
         controllers = make_controllers(config, state)
-        run_callback = make_run_callback(run, state, rows, tracker, stop, controllers)
+        run_callback = make_run_callback(run, state, rows, tracker, stop, controllers, lease)
         if stop.received is not None:
             raise Preempted(stop.received)
+        if state.mid_epoch:
+            if state.metric_sums:
+                _build_metrics(model, datasets.val[0])
+            skip_first_batches(model, datasets.train, state.epoch, state.batch)
         model.fit(
             datasets.train,
             validation_data=datasets.val,
@@ -262,11 +311,22 @@ def train(
             tracker.set_summary({"status": status})
             tracker.close(exit_code=exit_code)
         return summary
+    except lease_module.LeaseLost:
+        # Another process owns the folder now: write nothing more to it.
+        if tracker is not None:
+            tracker.close(exit_code=lease_module.EXIT_OWNED)
+        elif wandb_run is not None:
+            wandb_run.finish(exit_code=lease_module.EXIT_OWNED)
+        raise
     except BaseException as error:
         status = "failed"
-        state_now = checkpoint_module.load_state(run_dir) or checkpoint_module.TrainState()
+        try:
+            state_now = checkpoint_module.load_state(run_dir) or checkpoint_module.TrainState()
+        except checkpoint_module.CheckpointError:
+            state_now = checkpoint_module.TrainState()
         run.write_summary(status, state_now, io.read_jsonl(run_dir / checkpoint_module.METRICS_FILE),
-                          error=f"{type(error).__name__}: {error}", exit_code=2 if isinstance(error, HarnessError) else 1)
+                          error=f"{type(error).__name__}: {error}",
+                          exit_code=error.exit_code if isinstance(error, HarnessError) else 1)
         if tracker is not None:
             tracker.close(exit_code=1)
         elif wandb_run is not None:
@@ -274,6 +334,32 @@ def train(
         raise
     finally:
         stop.restore()
+
+
+def skip_first_batches(model: Any, dataset: Any, epoch: int, count: int) -> None:
+    """Make the next fit() skip the first `count` training steps of 0-based `epoch` (exact resume).
+
+    The checkpoint holds the weights and optimizer state after those steps, so they are not trained
+    again: fit() still walks its step counter through them (callbacks and the progress bar see the
+    true batch numbers, and the data order of the epoch is untouched), but each of those steps only
+    takes the dataset's placeholder batch (`skip_batches`, no image work) off the iterator and applies
+    no update. The first real step is batch `count + 1`, as it would have been without the interruption.
+    """
+    if int(getattr(model, "steps_per_execution", 1) or 1) != 1:
+        raise HarnessError("exact resume needs steps_per_execution = 1 (one batch per train_function call)")
+    dataset.skip_batches(epoch, count)
+    model.make_train_function()
+    trained = model.train_function
+    remaining = [count]
+
+    def train_function(iterator: Any) -> Any:
+        if remaining[0] > 0:
+            remaining[0] -= 1
+            next(iterator)  # the placeholder of a step trained before the interruption
+            return model.get_metrics_result()  # the carried partial sums, for the progress bar
+        return trained(iterator)
+
+    model.train_function = train_function
 
 
 def make_optimizer(config: Config):
@@ -400,35 +486,69 @@ class _RunFiles:
 
 
 def make_run_callback(run: _RunFiles, state: checkpoint_module.TrainState, rows: list[dict[str, Any]],
-                tracker: tracking.Tracker, stop: StopSignals, controllers: list):
+                      tracker: tracking.Tracker, stop: StopSignals, controllers: list,
+                      lease: lease_module.Lease | None = None):
     """The Keras callback that keeps the run folder current (built lazily: Keras is imported here)."""
     base = _keras_callback_base()
+    resume_epoch = state.epoch if state.mid_epoch else None  # 0-based epoch resumed mid-way, if any
+    pause_at = _pause_point()
 
     class _RunCallback(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__()
             self.state = state
             self.rows = list(rows)
+            self._epoch = 0  # 1-based epoch in flight
             self._batches_done = 0
+            self._floor = 0  # batches of this epoch done before a mid-epoch resume (skipped, not retrained)
+            self._train_sums: list[Any] | None = None  # the metric accumulators at the end of training
             self._epoch_started = time.time()
             self._epoch_lr = state.learning_rate
 
-        # Stop signals: checked after every training and validation batch.
+        # Stop signals and the lease: checked after every training and validation batch.
         def on_train_batch_end(self, batch, logs=None):
-            self._batches_done = batch + 1
-            if stop.received is not None:
-                self._stop_now(stop.received)
+            self._batches_done = max(batch + 1, self._floor)
+            if pause_at == (self._epoch, "train", batch + 1) and batch + 1 > self._floor:
+                self._pause(f"training batch {batch + 1}")
+            self._check(in_validation=False)
+
+        def on_test_begin(self, logs=None):
+            # evaluate() resets the metrics next: keep the training accumulators for a stop in validation.
+            self._train_sums = _metric_sums(self.model)
 
         def on_test_batch_end(self, batch, logs=None):
-            if stop.received is not None:
-                self._stop_now(stop.received)
+            if pause_at == (self._epoch, "val", batch + 1):
+                self._pause(f"validation batch {batch + 1}")
+            self._check(in_validation=True)
+
+        def _pause(self, where: str) -> None:
+            # HARNESS_PAUSE_AT: hold still at a known point until a stop signal (or a lost lease), so a
+            # test can interrupt the run exactly there instead of in a lucky window.
+            marker = run.run_dir / PAUSED_FILE
+            io.atomic_write_json(marker, {"epoch": self._epoch, "where": where, "pid": os.getpid()})
+            print(f"HARNESS_PAUSE_AT: paused after epoch {self._epoch}'s {where}; waiting for a stop signal",
+                  file=sys.stderr, flush=True)
+            try:
+                while stop.received is None and not (lease is not None and lease.lost):
+                    time.sleep(0.02)
+            finally:
+                marker.unlink(missing_ok=True)
 
         def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch + 1
             self._batches_done = 0
+            self._floor = 0
+            self._train_sums = None
             self._epoch_started = time.time()
             self._epoch_lr = _learning_rate(self.model)
+            if epoch == resume_epoch:
+                # fit() has just reset the metrics: put back the sums of the batches trained before.
+                self._floor = state.batch
+                _restore_metric_sums(self.model, state.metric_sums, run.run_dir)
 
         def on_epoch_end(self, epoch, logs=None):
+            if lease is not None:
+                lease.check()  # never write a row or a checkpoint into a folder that is no longer ours
             logs = dict(logs or {})
             number = epoch + 1
             config = run.config
@@ -458,6 +578,8 @@ def make_run_callback(run: _RunFiles, state: checkpoint_module.TrainState, rows:
                 callbacks=_controller_state(controllers),
                 stopped_early=stopped_early,
                 reason="epoch_end",
+                metric_sums=[],
+                seed_states=checkpoint_module.seed_states(self.model),
             )
             checkpoint_module.save_checkpoint(run.run_dir, self.model, self.state)
             if improved:
@@ -467,26 +589,82 @@ def make_run_callback(run: _RunFiles, state: checkpoint_module.TrainState, rows:
             if stop.received is not None:
                 raise Preempted(stop.received)  # this epoch's checkpoint is the state at the signal
 
-        def _stop_now(self, signum: int) -> None:
-            # The state at this moment: weights and optimizer after the last finished batch.
+        def _check(self, in_validation: bool) -> None:
+            if lease is not None and lease.lost:
+                lease.check()  # raises LeaseLost: stop at once, save nothing
+            if stop.received is not None:
+                self._stop_now(stop.received, in_validation)
+
+        def _stop_now(self, signum: int, in_validation: bool) -> None:
+            if lease is not None:
+                lease.check()
+            # The state at this moment: weights and optimizer after the last finished training batch,
+            # and the metric sums over the batches so far (in validation: over all training batches,
+            # as they were before evaluate() reset them; validation itself is redone on resume).
+            sums = self._train_sums if in_validation and self._train_sums is not None else _metric_sums(self.model)
             self.state = dataclasses.replace(
                 self.state,
-                batch=max(self._batches_done, 1),
+                batch=self._batches_done,
                 iterations=int(self.model.optimizer.iterations.numpy()),
                 learning_rate=_learning_rate(self.model),
                 callbacks=_controller_state(controllers),
-                reason=f"signal:{signal.Signals(signum).name}",
+                reason=f"signal:{signal.Signals(signum).name}" + (" in validation" if in_validation else ""),
+                metric_sums=sums if self._batches_done else [],
+                seed_states=checkpoint_module.seed_states(self.model),
             )
             started = time.perf_counter()
             checkpoint_module.save_checkpoint(run.run_dir, self.model, self.state)
             print(
                 f"checkpoint saved in {time.perf_counter() - started:.2f} s at epoch {self.state.epoch + 1}, "
-                f"batch {self._batches_done}, step {self.state.iterations}",
+                f"batch {self._batches_done}{' (in validation)' if in_validation else ''}, step {self.state.iterations}",
                 file=sys.stderr, flush=True,
             )
             raise Preempted(signum)
 
     return _RunCallback()
+
+
+def _pause_point() -> tuple[int, str, int] | None:
+    """HARNESS_PAUSE_AT=EPOCH:BATCH (after that training batch) or EPOCH:vBATCH (validation batch), 1-based."""
+    value = os.environ.get("HARNESS_PAUSE_AT", "").strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"(\d+):(v?)(\d+)", value)
+    if not match:
+        raise ConfigError(f"HARNESS_PAUSE_AT={value!r}: use EPOCH:BATCH or EPOCH:vBATCH (1-based), e.g. 2:3")
+    return int(match.group(1)), "val" if match.group(2) else "train", int(match.group(3))
+
+
+def _build_metrics(model: Any, batch: Any) -> None:
+    """Create the compiled metrics' variables now (Keras defers them to the first traced step), so the
+    carried sums of a mid-epoch checkpoint can be put into them before that step."""
+    x, y = batch[0], batch[1]
+    if hasattr(model, "_symbolic_build"):  # Keras 3: symbolic, nothing is computed or changed
+        model._symbolic_build(data_batch=(x, y))
+    else:  # pragma: no cover - another Keras: a test step changes no weights, seeds or statistics
+        model.evaluate(x, y, verbose=0)
+
+
+def _metric_sums(model: Any) -> list[Any]:
+    """Keras's metric accumulators (totals, counts, ...) as JSON-ready lists, in model.metrics_variables order."""
+    import keras
+
+    return [keras.ops.convert_to_numpy(variable).tolist() for variable in model.metrics_variables]
+
+
+def _restore_metric_sums(model: Any, sums: list[Any], run_dir: Path) -> None:
+    import numpy as np
+
+    variables = model.metrics_variables
+    if not sums:
+        return
+    if len(sums) != len(variables):
+        raise checkpoint_module.CheckpointError(
+            f"the checkpoint in {checkpoint_module.checkpoint_root(run_dir)} holds {len(sums)} metric accumulators, "
+            f"this model has {len(variables)}: resume with the code that wrote it, or --restart"
+        )
+    for variable, value in zip(variables, sums):
+        variable.assign(np.asarray(value, dtype=variable.dtype).reshape(variable.shape))
 
 
 _LOGGED = tuple(name for name in config_module.LOGGED_METRICS if name not in ("lr", "epoch"))
@@ -523,10 +701,13 @@ def _wandb_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- main -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--key=value ...]`.
+    """`python -m harness.train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--restart] [--key=value ...]`.
 
     Exit code: 0 finished (or already finished, or stopped by the W&B agent), 2 bad config/arguments,
-    128 + signal when preempted by a signal after saving a checkpoint, 1 failed.
+    128 + signal when preempted by a signal after saving a checkpoint, 75 when another live process
+    holds the run folder's lease (nothing was touched; see harness/run/lease.py), 1 failed (also: a
+    damaged checkpoint, named in the message with how to recover; `--restart` trains the run again
+    from epoch 0).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
@@ -534,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Config keys (see `harness config`):", ", ".join(config_module.config_keys()))
         return 0
     wandb_run = None
+    held: lease_module.Lease | None = None
     try:
         overrides, control = config_module.parse_cli_args(argv)
         config_file = control.get("config")
@@ -546,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         if config_file:
             explicit.update(config_module.load_file(config_file))
         config = config_module.build_config(config_file, overrides)
+        # The run folder's lease before anything writes into the folder (wandb.init does, below).
+        held = lease_module.Lease.acquire(run_dir)
         if tracking.under_wandb_sweep():
             # The agent's parameters arrive as wandb.config: they win over the file and the arguments.
             wandb_run = tracking.start_wandb(config.to_dict(), run_dir, run_id, config.wandb_project, config.wandb_entity)
@@ -559,12 +743,16 @@ def main(argv: list[str] | None = None) -> int:
             tracking.record_config(wandb_run, {**config.to_dict(), "run_id": run_id})
         print(f"run {run_id}: {run_dir}", flush=True)
         handed_over, wandb_run = wandb_run, None  # train() finishes it from here on
-        summary = train(config, run_dir, run_id, sweep_id, wandb_run=handed_over)
+        restart = str(control.get("restart", "false")).lower() in ("true", "1", "yes")
+        summary = train(config, run_dir, run_id, sweep_id, wandb_run=handed_over, restart=restart, lease=held)
     except HarnessError as error:
         print(f"error: {error}", file=sys.stderr)
         if wandb_run is not None:
             wandb_run.finish(exit_code=error.exit_code)
         return error.exit_code
+    finally:
+        if held is not None:
+            held.release()
     if summary.get("status") in (stopping.PREEMPT, stopping.STOP):
         return int(summary.get("exit_code", 1))
     return 0 if summary.get("status") == "finished" else 1

@@ -14,6 +14,13 @@ SIGTERM or SIGINT to the agent is forwarded to the child; the agent waits for it
 exit, marks the run preempted and exits with 128 + the signal number. A second signal kills the child.
 On Linux the child also gets SIGTERM if the agent dies without warning (kill -9), so it checkpoints
 instead of training on unwatched; the next agent then finds the run crashed and resumes it.
+
+One process per run folder (harness/run/lease.py): before starting a child, the agent looks at the
+folder's lease. A live holder on this host (the previous attempt, still checkpointing) is waited
+for, heartbeating the claim all the while so no other agent takes it, and killed after the grace
+period; a live holder on another host makes the agent give the run back unspent
+(`Store.release_run`). A child that exits with lease.EXIT_OWNED (75: it lost the race for the
+lease) is handled the same way: not a crash, no attempt spent.
 """
 
 from __future__ import annotations
@@ -26,39 +33,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from harness.sweep import controller, spec as sweep_spec
+from harness import processes
+from harness.run import lease as lease_module
+from harness.sweep import controller, engine, spec as sweep_spec
 from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_STALE_AFTER_S = 120.0
 DEFAULT_POLL_S = 0.5
 DEFAULT_KILL_GRACE_S = 120.0
-
-
-class _Signals:
-    """Counts SIGTERM/SIGINT received, so the loop can forward them instead of dying mid-write."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave signals to whoever owns them
-                return
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        self.last = signum
 
 
 def run_agent(
@@ -86,8 +71,7 @@ def run_agent(
     agent = f"{host}:{os.getpid()}"
     gpu = gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
     say = echo or (lambda line: print(f"[agent {agent}] {line}", file=sys.stderr, flush=True))
-    signals = _Signals()
-    signals.install()
+    signals = processes.SignalFlag().install()
     done = 0
     waiting_said = ""
     try:
@@ -106,7 +90,8 @@ def run_agent(
                     say(f"waiting: {reason}")
                     waiting_said = reason
                 # Idle agents poll slowly (each poll is a claim), but often enough to catch a stale run soon.
-                _sleep(max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4)), signals)
+                idle_s = max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4))
+                processes.sleep_unless(idle_s, lambda: signals.count)
                 continue
             waiting_said = ""
             done += 1
@@ -130,19 +115,20 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
         return None
     runs = store.runs(sweep.id)
     active = [run for run in runs if run.state in ACTIVE_STATES]
-    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.attempts < max_attempts]
+    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.failures < max_attempts]
     if active or resumable:
         # Those may still crash or be preempted; stay to resume them.
         return f"no new run to hand out; {len(active)} run(s) still active elsewhere"
     return None
 
 
-def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: _Signals,
+def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: processes.SignalFlag,
              say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float) -> str | None:
-    """Start, watch and record one run; returns its final state (None if another agent took it over)."""
+    """Start, watch and record one run; returns its final state (None if another agent or process owns it)."""
     folder = controller.run_dir(store.root, sweep.id, run.id)
     folder.mkdir(parents=True, exist_ok=True)
-    _wait_for_previous_process(run, kill_grace_s, say)
+    if not _wait_for_previous_process(store, run, agent, folder, kill_grace_s, heartbeat_s, signals, say):
+        return None
     argv = sweep_spec.expand_command(sweep_spec.sweep_command(sweep.spec), run.config,
                                      program=sweep.spec.get("program"), run_dir=folder)
     cwd = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
@@ -156,7 +142,7 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
         try:
             child = subprocess.Popen(argv, cwd=cwd, env=_child_env(sweep.id, run.id, store.root, gpu),
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent())
+                                     start_new_session=True, preexec_fn=processes.die_with_parent)
         except OSError as error:
             log.write(f"cannot start the run: {error}\n".encode())
             store.finish_run(run.id, "failed", exit_code=127, agent=agent)
@@ -171,9 +157,16 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
     if watch.lost:
         say(f"run {run.id} was taken over by another agent; its child exited {exit_code}")
         return None
+    if exit_code == lease_module.EXIT_OWNED:
+        # The child found the folder's lease held by another live process and touched nothing.
+        store.release_run(run.id, agent)
+        say(f"run {run.id}: its folder is another process's (exit {exit_code}): given back, no attempt spent")
+        processes.sleep_unless(min(5.0, kill_grace_s), lambda: signals.count)  # do not claim it straight back
+        return None
     state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
                                    preempt_requested=watch.forwarded)
-    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent)
+    # A signal the agent forwarded (Ctrl-C of the launcher, SIGTERM) is not the run's failure.
+    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent, own_failure=not watch.forwarded)
     best = store.get_run(run.id).best_metric
     metric = f", {sweep.metric_name} best {best:.4g}" if best is not None and sweep.metric_name else ""
     why = f" ({watch.stop_reason})" if watch.stop_reason and state == "stopped" else ""
@@ -185,7 +178,8 @@ class _Watch:
     """Heartbeats, metrics and stop requests for one running child."""
 
     def __init__(self, store: Store, sweep: Sweep, run: Run, agent: str, child: subprocess.Popen,
-                 signals: _Signals, say: Callable[[str], None], *, heartbeat_s: float, kill_grace_s: float) -> None:
+                 signals: processes.SignalFlag, say: Callable[[str], None], *, heartbeat_s: float,
+                 kill_grace_s: float) -> None:
         self.store, self.sweep, self.run, self.agent, self.child = store, sweep, run, agent, child
         self.signals, self.say = signals, say
         self.heartbeat_s, self.kill_grace_s = heartbeat_s, kill_grace_s
@@ -234,7 +228,7 @@ class _Watch:
 
     def _hyperband(self) -> None:
         try:
-            to_stop = controller.runs_to_stop(self.sweep.spec, self.store.runs(self.sweep.id))
+            to_stop = engine.runs_to_stop(self.sweep.spec, self.store.runs(self.sweep.id))
         except ValueError as error:  # a malformed early_terminate section: report once, carry on
             self.say(f"early_terminate ignored: {error}")
             spec = {key: value for key, value in self.sweep.spec.items() if key != "early_terminate"}
@@ -290,44 +284,56 @@ def _child_env(sweep_id: str, run_id: str, root: Path, gpu: str | None) -> dict[
     return env
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGTERM the child when the agent dies (prctl PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
+def _wait_for_previous_process(store: Store, run: Run, agent: str, folder: Path, grace_s: float, heartbeat_s: float,
+                               signals: processes.SignalFlag, say: Callable[[str], None]) -> bool:
+    """Before (re)starting a run, make sure no other process trains in its folder; False: do not start.
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-
-    return preexec
-
-
-def _wait_for_previous_process(run: Run, grace_s: float, say: Callable[[str], None]) -> None:
-    """Before resuming a run, let its previous process (still checkpointing after its agent died) exit.
-
-    Only a process that is provably that run's (its environment holds WANDB_RUN_ID=<run id>) is waited
-    for, and killed if it outlives the grace period, so a reused pid is never touched.
+    The folder's lease names its holder. On this host a live holder (the previous attempt, still
+    checkpointing after its agent died) is waited for, then killed if it outlives `grace_s`; its pid
+    and start time are checked, so a reused pid is never touched. The claim is heartbeated all the
+    while (else other agents would mark it crashed and claim it again). A live holder on another host
+    cannot be waited for from here: the run is given back unspent. Runs without a lease (an older
+    attempt, or a program that is not harness.train) fall back to the recorded pid and its environment.
     """
-    if run.attempts < 2 or not run.pid or not _is_run_process(run.pid, run.id):
-        return
-    say(f"run {run.id}: waiting for its previous process {run.pid} to exit")
+    holder = lease_module.live_holder(folder)
+    if holder is None:
+        if run.attempts >= 2 and run.pid and _is_run_process(run.pid, run.id):
+            return _wait_for(store, run, agent, run.pid, lambda: _is_run_process(run.pid, run.id),
+                             grace_s, heartbeat_s, signals, say)
+        return True
+    if lease_module.holder_process_alive(holder) is None:
+        store.release_run(run.id, agent)
+        say(f"run {run.id}: its folder is held by {holder.describe()}: given back, no attempt spent")
+        processes.sleep_unless(min(5.0, grace_s), lambda: signals.count)
+        return False
+    return _wait_for(store, run, agent, holder.pid, lambda: bool(lease_module.holder_process_alive(holder)),
+                     grace_s, heartbeat_s, signals, say)
+
+
+def _wait_for(store: Store, run: Run, agent: str, pid: int, alive: Callable[[], bool], grace_s: float,
+              heartbeat_s: float, signals: processes.SignalFlag, say: Callable[[str], None]) -> bool:
+    say(f"run {run.id}: waiting for its previous process {pid} to exit")
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _is_run_process(run.pid, run.id):
-            return
+    last_beat = time.monotonic()
+    while alive():
+        if signals.count:
+            store.release_run(run.id, agent)
+            return False
+        if time.monotonic() - last_beat >= heartbeat_s:
+            last_beat = time.monotonic()
+            if store.heartbeat(run.id, agent=agent) == "lost":
+                say(f"run {run.id}: no longer this agent's while waiting: not started")
+                return False
+        if time.monotonic() > deadline:
+            say(f"run {run.id}: previous process {pid} still alive after {grace_s:g} s: SIGKILL")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 30.0  # the kernel reaps it within moments
         time.sleep(0.1)
-    say(f"run {run.id}: previous process {run.pid} still alive after {grace_s:g} s: SIGKILL")
-    try:
-        os.kill(run.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # Heartbeat once more: the claim must still be this agent's before a child is started.
+    return store.heartbeat(run.id, agent=agent) != "lost"
 
 
 def _is_run_process(pid: int, run_id: str) -> bool:
@@ -339,9 +345,3 @@ def _is_run_process(pid: int, run_id: str) -> bool:
     if status.split(") ", 1)[-1].startswith("Z"):  # a zombie has exited already
         return False
     return f"WANDB_RUN_ID={run_id}".encode() in environ.split(b"\0")
-
-
-def _sleep(seconds: float, signals: _Signals) -> None:
-    deadline = time.monotonic() + seconds
-    while not signals.count and time.monotonic() < deadline:
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

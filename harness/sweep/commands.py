@@ -15,7 +15,22 @@ import click
 
 from harness.errors import SweepError
 
-ROOT_HELP = "runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs)"
+ROOT_HELP = "runs root holding the run folders (and sweeps.db unless --store) [$HARNESS_ROOT or ./runs]"
+
+
+def _export_store(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # Exported, so this process's Store() and every agent or run it starts open the same file.
+    if value:
+        os.environ["HARNESS_STORE"] = str(Path(value).expanduser().absolute())
+    return value
+
+
+def store_option(function):
+    """`--store PATH`: the sweep database, when it must not live in the runs root (a shared filesystem)."""
+    return click.option("--store", default=None, metavar="PATH", expose_value=False, callback=_export_store,
+                        is_eager=True,
+                        help="the sweep database file (or its folder) [$HARNESS_STORE or ROOT/sweeps.db]; "
+                             "keep it on a local disk when the runs root is on NFS/Lustre")(function)
 
 
 @click.group("sweep")
@@ -26,6 +41,7 @@ def sweep_group() -> None:
 @sweep_group.command("create")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--root", default=None, help=ROOT_HELP)
+@store_option
 @click.option("--backend", type=click.Choice(["local", "wandb"]), default="local", show_default=True,
               help="local: this machine's store, no server needed; wandb: create it on W&B (needs a login)")
 @click.option("--project", default=None, help="W&B project (--backend wandb; default: the spec's or 'cloudsweep')")
@@ -54,7 +70,7 @@ def create_command(file: Path, root: str | None, backend: str, project: str | No
     with Store(root) as store:
         sweep_id = store.create_sweep(spec, name=name, workdir=os.getcwd())
         root_text = str(store.root)
-    from harness.sweep.controller import grid_size
+    from harness.sweep.engine import grid_size
 
     size = grid_size(spec)
     what = f"{spec['method']}" + (f", {size} runs" if size else "") + (f", run_cap {spec['run_cap']}" if spec.get("run_cap") else "")
@@ -119,6 +135,7 @@ def _state_command(name: str, state: str, doc: str):
     @sweep_group.command(name, help=doc)
     @click.argument("sweep_id")
     @click.option("--root", default=None, help=ROOT_HELP)
+    @store_option
     def command(sweep_id: str, root: str | None) -> None:
         from harness.sweep.store import Store
 
@@ -149,6 +166,7 @@ resume_command = _state_command("resume", "running", "Resume a paused or stopped
 @click.argument("sweep_id")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="stop after this many runs")
 @click.option("--root", default=None, help=ROOT_HELP)
+@store_option
 @click.option("--gpu", default=None, help="CUDA_VISIBLE_DEVICES for the runs (default: the agent's own)")
 @click.option("--heartbeat", "heartbeat_s", type=float, default=None, help="seconds between heartbeats [10]")
 @click.option("--stale-after", "stale_after_s", type=float, default=None,
@@ -180,6 +198,7 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
 @click.command("status")
 @click.argument("sweep_id", required=False)
 @click.option("--root", default=None, help=ROOT_HELP)
+@store_option
 @click.option("--watch", is_flag=True, help="refresh until the sweep is over (Ctrl-C to leave)")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="seconds between refreshes")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="show only the best N runs")
@@ -191,7 +210,7 @@ def status_command(sweep_id: str | None, root: str | None, watch: bool, interval
     from harness.sweep import status
     from harness.sweep.store import Store
 
-    with Store(root) as store:
+    with Store(root, read_only=True) as store:
         if sweep_id is None:
             if best:
                 raise SweepError("--best needs a SWEEP_ID")

@@ -25,6 +25,26 @@ def best_run(store: Store, sweep_id: str) -> Run | None:
     return ranked[0] if ranked else None
 
 
+UNSUCCESSFUL_STATES = ("failed", "crashed", "preempted")  # runs a sweep that is over did not finish
+
+
+def outcome(sweep: Sweep, counts: dict[str, int]) -> str:
+    """The sweep's state, never plain `finished` while some of its runs failed or were left unfinished."""
+    left = {state: counts.get(state, 0) for state in UNSUCCESSFUL_STATES if counts.get(state, 0)}
+    if sweep.state != "finished" or not left:
+        return sweep.state
+    return "finished with " + ", ".join(f"{count} {state}" for state, count in left.items())
+
+
+def unsuccessful_runs(store: Store, sweep_id: str) -> int:
+    """How many runs of a sweep that is over did not finish (0 while it is still running or paused)."""
+    sweep = store.get_sweep(sweep_id)
+    if sweep.state != "finished":
+        return 0
+    counts = store.counts(sweep_id)
+    return sum(counts[state] for state in UNSUCCESSFUL_STATES)
+
+
 def status_text(store: Store, sweep_id: str, now: float | None = None, limit: int | None = None) -> str:
     """The whole status report of one sweep: a header, the runs table and counts per state."""
     now = time.time() if now is None else now
@@ -34,7 +54,7 @@ def status_text(store: Store, sweep_id: str, now: float | None = None, limit: in
     metric = sweep.metric_name or "metric"
     keys = swept_keys(sweep.spec)
     header = [
-        f"sweep {sweep.id} ({sweep.method}; {metric} {sweep.goal}) is {sweep.state}; "
+        f"sweep {sweep.id} ({sweep.method}; {metric} {sweep.goal}) is {outcome(sweep, counts)}; "
         f"{len(runs)} run(s)" + (f" of {sweep.run_cap}" if sweep.run_cap else "")
         + f"; created {time.strftime('%Y-%m-%d %H:%M', time.localtime(sweep.created))} in {sweep.workdir}",
         "runs: " + ", ".join(f"{counts[state]} {state}" for state in RUN_STATES if counts[state]) if runs
@@ -58,7 +78,7 @@ def sweeps_text(store: Store) -> str:
     rows = []
     for sweep in sweeps:
         counts = store.counts(sweep.id)
-        rows.append([sweep.id, sweep.method, sweep.state, str(sum(counts.values())),
+        rows.append([sweep.id, sweep.method, outcome(sweep, counts), str(sum(counts.values())),
                      ", ".join(f"{n} {state}" for state, n in counts.items() if n),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created))])
     return format_table(["sweep", "method", "state", "runs", "states", "created"], rows)

@@ -1,4 +1,5 @@
-"""The local sweep store: one SQLite file, `<root>/sweeps.db`, shared by every agent on the machine.
+"""The local sweep store: one SQLite file (`<root>/sweeps.db`, or `--store` / $HARNESS_STORE), shared by every
+agent on the machine.
 
 Why SQLite: transactions with a real lock let many agent processes claim runs at the same instant
 without ever getting the same one, and the file survives any process being killed. The database is in
@@ -31,6 +32,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from harness.errors import SweepError
 from harness.io import runs_root
+from harness.sweep import engine
 
 DB_NAME = "sweeps.db"
 SWEEP_STATES = ("running", "paused", "stopped", "finished")
@@ -41,6 +43,71 @@ TERMINAL_STATES = ("finished", "failed", "stopped")
 DEFAULT_MAX_ATTEMPTS = 5
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _SCHEMA_VERSION = "1"
+
+
+STORE_ENV = "HARNESS_STORE"
+# statfs(2) f_type of filesystems where SQLite's locks (and WAL's shared memory) cannot be trusted:
+# a store there can hand one run to two agents or corrupt itself. Values from linux/magic.h and the
+# vendors' headers.
+NETWORK_FILESYSTEMS = {
+    0x6969: "NFS",
+    0xFF534D42: "CIFS",
+    0xFE534D42: "SMB2",
+    0x517B: "SMB",
+    0x0BD00BD0: "Lustre",
+    0x47504653: "GPFS (IBM Spectrum Scale)",
+    0x00C36400: "CephFS",
+    0x19830326: "BeeGFS",
+    0xAAD7AAEA: "PanFS",
+    0x5346414F: "AFS",
+    0x6B414653: "AFS (kAFS)",
+    0x01021997: "9P",
+    0x7461636F: "OCFS2",
+    0x01161970: "GFS2",
+}
+
+
+def store_path(root: str | os.PathLike[str] | None = None, path: str | os.PathLike[str] | None = None) -> Path:
+    """Where the store is: `path`, else $HARNESS_STORE, else `<runs root>/sweeps.db`.
+
+    Separate from the runs root because on a cluster the run folders belong on a filesystem every node
+    shares while the store must sit on a local disk of the launcher's machine.
+    """
+    chosen = path if path not in (None, "") else os.environ.get(STORE_ENV) or None
+    if chosen is None:
+        return runs_root(root) / DB_NAME
+    chosen = Path(chosen).expanduser().absolute()
+    return chosen / DB_NAME if chosen.is_dir() else chosen
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> int | None:
+    """statfs(2) f_type of the filesystem holding `path` (its nearest existing parent); None off Linux."""
+    import ctypes
+    import ctypes.util
+
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if libc.statfs(os.fsencode(existing), buffer) != 0:
+        return None
+    # f_type is the first member, a C long (__fsword_t).
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def check_local_filesystem(path: str | os.PathLike[str], magic: int | None = None) -> None:
+    """Refuse a store on a network filesystem (SweepError naming the path, the filesystem and the fix)."""
+    magic = filesystem_type(path) if magic is None else magic
+    name = NETWORK_FILESYSTEMS.get(magic or 0)
+    if name is not None:
+        raise SweepError(
+            f"the sweep store {path} is on {name}, a network filesystem where SQLite's locking is unreliable "
+            "(two agents could claim one run). Keep the run folders there, but put the store on a local disk "
+            f"of the launcher's machine: --store /local/disk/sweeps.db (or ${STORE_ENV})")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,14 +142,19 @@ CREATE TABLE IF NOT EXISTS runs (
     summary TEXT NOT NULL DEFAULT '{}',
     exit_code INTEGER,
     stop_requested INTEGER NOT NULL DEFAULT 0,
-    search_info TEXT
+    search_info TEXT,
+    failures INTEGER NOT NULL DEFAULT 0,
+    epochs_at_claim INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq);
 """
 
 # Columns enough for the engine and the status table; `history` (every logged key) only on request.
 _LIGHT_COLUMNS = ("id, sweep_id, seq, config, state, agent, host, gpu, pid, job_id, attempts, created, started, "
-                  "ended, heartbeat, metric_values, best_metric, summary, exit_code, stop_requested, search_info")
+                  "ended, heartbeat, metric_values, best_metric, summary, exit_code, stop_requested, search_info, "
+                  "failures")
+# Columns added after the first schema: (name, definition) for ALTER TABLE on an older store.
+_ADDED_COLUMNS = (("failures", "INTEGER NOT NULL DEFAULT 0"), ("epochs_at_claim", "INTEGER NOT NULL DEFAULT 0"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +215,9 @@ class Run:
     stop_requested: bool
     search_info: dict[str, Any] | None
     history: list[dict[str, Any]] | None = None  # every logged row; None unless asked for
+    # Claims in a row that ended without a new epoch and not by an outside cause (its holder lost, a
+    # preemption, a stop): the run's own failures. `max_attempts` bounds these, not `attempts` (all claims).
+    failures: int = 0
 
     @property
     def epochs_completed(self) -> int:
@@ -150,22 +225,42 @@ class Run:
 
 
 class EngineInput(NamedTuple):
-    """What `controller.engine_runs` needs of a run (the same attribute names as `Run`)."""
+    """What `engine.engine_runs` needs of a run (the same attribute names as `Run`)."""
 
     id: str
     config: dict[str, Any]
     state: str
     attempts: int
     metric_values: list[float]
+    failures: int = 0
 
 
 class Store:
     """The sweep database under a runs root. Cheap to open; open one per process (not per thread)."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, timeout_s: float = 60.0) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, timeout_s: float = 60.0, *,
+                 path: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
+        """Open the store of runs root `root` (see `store_path` for where the file is).
+
+        `read_only`: for commands that only look (`harness status`, reports): the file must exist (a missing
+        store is an error naming the path, never a new empty one), nothing is created, no lock is taken.
+        """
         self.root = runs_root(root)
+        self.path = store_path(self.root, path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise SweepError(f"no sweep store at {self.path}: pass the --root (or --store / $HARNESS_STORE) "
+                                 "the sweep was created with")
+            self._db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=timeout_s,
+                                       isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._metric_cache: dict[str, tuple[str | None, str]] = {}
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_local_filesystem(self.path)
         # isolation_level=None: no implicit transactions; `_write()` opens BEGIN IMMEDIATE itself.
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -176,8 +271,12 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+            for column, definition in _ADDED_COLUMNS:
+                if column not in present:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,))
-        self._metric_cache: dict[str, tuple[str | None, str]] = {}
+        self._metric_cache = {}
 
     def close(self) -> None:
         self._db.close()
@@ -237,25 +336,23 @@ class Store:
                   state: str = "running", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Run | None:
         """Hand the next run of a running sweep to `agent`, or None; one transaction, so never twice.
 
-        Order: the oldest preempted or crashed run with fewer than `max_attempts` claims (same id and
-        config, attempts + 1); else a new run proposed by `sweeps.next_run` over all the sweep's runs.
+        Order: the oldest preempted or crashed run with fewer than `max_attempts` failures of its own (same id
+        and config, attempts + 1); else a new run proposed by `sweeps.next_run` over all the sweep's runs.
         None when the sweep is not running, the grid is exhausted or `run_cap` runs exist; then, if
         nothing is running or resumable, the sweep becomes finished. `state='pending'` suits a
         controller that queues the run as a cluster job and calls `mark_started` when it starts.
         """
-        from harness.sweep import controller
-
         if state not in ACTIVE_STATES:
             raise SweepError(f"claim_run: state must be one of {ACTIVE_STATES}, got {state!r}")
         # Import the engine (about a second) before taking the write lock, not while holding it.
-        controller.load_engine()
+        engine.load_engine()
         now = time.time()
         with self._write() as db:
             sweep = _sweep_from_row(self._sweep_row(db, sweep_id))
             if sweep.state != "running":
                 return None
             resumable = db.execute(
-                f"SELECT id FROM runs WHERE sweep_id = ? AND state IN {RESUMABLE_STATES} AND attempts < ? "
+                f"SELECT id FROM runs WHERE sweep_id = ? AND state IN {RESUMABLE_STATES} AND failures < ? "
                 "ORDER BY seq LIMIT 1",
                 (sweep_id, max_attempts),
             ).fetchone()
@@ -265,12 +362,12 @@ class Store:
                     # replaces it).
                     "UPDATE runs SET state = ?, agent = ?, host = ?, gpu = ?, job_id = NULL, "
                     "attempts = attempts + 1, started = ?, ended = NULL, heartbeat = ?, exit_code = NULL, "
-                    "stop_requested = 0 WHERE id = ?",
+                    "stop_requested = 0, epochs_at_claim = json_array_length(metric_values) WHERE id = ?",
                     (state, agent, host, gpu, now, now, resumable["id"]),
                 )
                 return self._run(db, resumable["id"])
             count = db.execute("SELECT COUNT(*) FROM runs WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
-            size = controller.grid_size(sweep.spec)
+            size = engine.grid_size(sweep.spec)
             # A grid never re-proposes a cell that exists, so with as many runs as cells it is done;
             # saying so here spares idle agents an engine call on every poll.
             if (sweep.run_cap is not None and count >= sweep.run_cap) or (size is not None and count >= size):
@@ -278,7 +375,7 @@ class Store:
                 return None
             # Random search ignores the runs; grid needs their configs; bayes also their metric values.
             runs = [] if sweep.method == "random" else self._engine_inputs(db, sweep_id, sweep.method == "bayes")
-            proposal = controller.propose(sweep.spec, runs, max_attempts=max_attempts)
+            proposal = engine.propose(sweep.spec, runs, max_attempts=max_attempts)
             if proposal is None:
                 self._finish_if_idle(db, sweep_id, max_attempts)
                 return None
@@ -357,25 +454,55 @@ class Store:
             )
 
     def finish_run(self, run_id: str, state: str, summary: Mapping[str, Any] | None = None,
-                   exit_code: int | None = None, agent: str | None = None) -> bool:
+                   exit_code: int | None = None, agent: str | None = None, own_failure: bool = True) -> bool:
         """Record a run's final state (and its summary.json and exit code).
 
         With `agent`, only if the run is still that agent's (False otherwise: it was taken over).
+        A claim that ends crashed or preempted counts as one of the run's own failures when it logged no new
+        epoch and `own_failure` (False: an outside cause, e.g. its holder was lost or a signal was forwarded);
+        a claim that made progress clears the count.
         """
         if state not in RUN_STATES or state in ACTIVE_STATES:
             raise SweepError(f"finish_run: state must be one of "
                              f"{', '.join(s for s in RUN_STATES if s not in ACTIVE_STATES)}, got {state!r}")
         with self._write() as db:
-            row = db.execute("SELECT agent, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT agent, state, failures, epochs_at_claim, json_array_length(metric_values) AS epochs "
+                             "FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise SweepError(f"unknown run id {run_id!r} in {self.path}")
             if agent is not None and (row["agent"] != agent or row["state"] not in ACTIVE_STATES):
                 return False
+            failures = row["failures"]
+            if state in RESUMABLE_STATES:
+                failures = 0 if row["epochs"] > row["epochs_at_claim"] else failures + (1 if own_failure else 0)
             db.execute(
-                "UPDATE runs SET state = ?, summary = COALESCE(?, summary), exit_code = ?, ended = ? WHERE id = ?",
+                "UPDATE runs SET state = ?, summary = COALESCE(?, summary), exit_code = ?, ended = ?, failures = ? "
+                "WHERE id = ?",
                 (state, json.dumps(summary, default=_plain) if summary is not None else None, exit_code,
-                 time.time(), run_id),
+                 time.time(), failures, run_id),
             )
+        return True
+
+    def revive(self, sweep_id: str) -> list[str]:
+        """The user asked to resume (`--resume`): every crashed or preempted run gets its attempts back."""
+        with self._write() as db:
+            ids = [row["id"] for row in db.execute(
+                f"SELECT id FROM runs WHERE sweep_id = ? AND state IN {RESUMABLE_STATES} AND failures > 0", (sweep_id,))]
+            db.execute(f"UPDATE runs SET failures = 0 WHERE sweep_id = ? AND state IN {RESUMABLE_STATES}", (sweep_id,))
+        return ids
+
+    def release_run(self, run_id: str, agent: str) -> bool:
+        """Hand back a claim whose run never started (e.g. sbatch kept failing, or its folder's lease is
+        another live process's: harness/run/lease.py, exit code 75): resumable again, and the claim
+        does not count as an attempt. False if the run is no longer `agent`'s active run."""
+        with self._write() as db:
+            row = db.execute("SELECT agent, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+            if row["agent"] != agent or row["state"] not in ACTIVE_STATES:
+                return False
+            db.execute("UPDATE runs SET state = 'preempted', attempts = MAX(attempts - 1, 0), job_id = NULL "
+                       "WHERE id = ?", (run_id,))  # failures unchanged: the run did nothing
         return True
 
     def set_job_id(self, run_id: str, job_id: str | None) -> None:
@@ -409,6 +536,8 @@ class Store:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the database's write lock from its first statement."""
+        if self.read_only:
+            raise SweepError(f"the sweep store {self.path} was opened read-only (a command that only looks)")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -445,17 +574,17 @@ class Store:
     def _finish_if_idle(self, db: sqlite3.Connection, sweep_id: str, max_attempts: int) -> None:
         busy = db.execute(
             f"SELECT COUNT(*) FROM runs WHERE sweep_id = ? AND (state IN {ACTIVE_STATES} OR "
-            f"(state IN {RESUMABLE_STATES} AND attempts < ?))", (sweep_id, max_attempts)).fetchone()[0]
+            f"(state IN {RESUMABLE_STATES} AND failures < ?))", (sweep_id, max_attempts)).fetchone()[0]
         if not busy:
             db.execute("UPDATE sweeps SET state = 'finished', updated = ? WHERE id = ? AND state = 'running'",
                        (time.time(), sweep_id))
 
     def _engine_inputs(self, db: sqlite3.Connection, sweep_id: str, with_metrics: bool) -> list["EngineInput"]:
         """The few columns the engine reads, without decoding the rest (claims stay fast at 500 runs)."""
-        rows = db.execute("SELECT id, config, state, attempts, metric_values FROM runs WHERE sweep_id = ? "
+        rows = db.execute("SELECT id, config, state, attempts, metric_values, failures FROM runs WHERE sweep_id = ? "
                           "ORDER BY seq", (sweep_id,))
         return [EngineInput(row["id"], json.loads(row["config"]), row["state"], row["attempts"],
-                            json.loads(row["metric_values"]) if with_metrics else [])
+                            json.loads(row["metric_values"]) if with_metrics else [], row["failures"])
                 for row in rows]
 
     def _metric_of_run(self, run_id: str) -> tuple[str | None, str]:
@@ -485,6 +614,7 @@ def _run_from_row(row: sqlite3.Row) -> Run:
         stop_requested=bool(row["stop_requested"]),
         search_info=json.loads(row["search_info"]) if row["search_info"] else None,
         history=json.loads(row["history"]) if "history" in keys else None,
+        failures=row["failures"],
     )
 
 

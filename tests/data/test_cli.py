@@ -31,7 +31,7 @@ def test_synth_prepare_eda_as_a_newcomer(runner, tmp_path):
 
 
 def test_prepare_with_separate_cache_folder(runner, synth_dir, tmp_path):
-    result = runner.invoke(main, ["prepare", str(synth_dir), "--size", "16x24", "--cache", str(tmp_path / "c"), "--quiet"])
+    result = runner.invoke(main, ["prepare", str(synth_dir), "--size", "16x24", "--cache-dir", str(tmp_path / "c"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "c" / "16x24" / "index.json").exists()
 

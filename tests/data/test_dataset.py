@@ -120,3 +120,29 @@ def test_make_datasets_prepares_a_missing_cache(synth_dir, tiny_config, tmp_path
     assert "preparing it now" in capsys.readouterr().out
     assert (data_dir / "cache" / "32x48" / "index.json").exists()
     assert data.train[0][0].shape[1:] == (32, 48, 3)
+
+
+def test_skipped_batches_of_a_resumed_epoch_are_zero_placeholders_and_the_rest_unchanged(opened):
+    """Exact resume (harness.run.train.skip_first_batches): the first k batches of the resumed epoch
+    are zeros shaped like real batches (also the short last one); every other batch is the real one."""
+    indices = list(range(9))
+    reference = dataset.CloudDataset(opened, indices, batch_size=2, augment="flips", shuffle=True, seed=3, workers=2)
+    resumed = dataset.CloudDataset(opened, indices, batch_size=2, augment="flips", shuffle=True, seed=3, workers=2)
+    for data in (reference, resumed):
+        data.set_epoch(4)
+    resumed.skip_batches(4, 5)  # all 5 batches, as after a signal during validation
+    resumed.skip_batches(4, 2)
+    for index in range(len(resumed)):
+        (x, y), (x_real, y_real) = resumed[index], reference[index]
+        assert x.shape == x_real.shape and y.shape == y_real.shape and x.dtype == x_real.dtype
+        if index < 2:
+            assert not x.any() and not y.any()
+        else:
+            np.testing.assert_array_equal(x, x_real)
+            np.testing.assert_array_equal(y, y_real)
+    resumed.on_epoch_end()  # the next epoch is untouched
+    reference.on_epoch_end()
+    np.testing.assert_array_equal(resumed[0][0], reference[0][0])
+    resumed.set_epoch(4)
+    resumed.skip_batches(4, 5)
+    assert resumed[4][0].shape[0] == 1 and not resumed[4][0].any()  # the short last batch too

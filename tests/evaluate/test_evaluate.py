@@ -93,10 +93,10 @@ def test_flip_tta_averages_the_flipped_predictions(trained_run: Path):
     model = runs.load_model(trained_run)
     validation = runs.validation_split(runs.load_run(trained_run).config, limit=2)
     images = np.asarray(validation.images)
-    plain = runs.predict_images(model, images, progress=False)
-    hflip = runs.predict_images(model, images[:, :, ::-1], progress=False)[:, :, ::-1]
-    vflip = runs.predict_images(model, images[:, ::-1], progress=False)[:, ::-1]
-    tta = runs.predict_images(model, images, tta="flips", progress=False)
+    plain = runs.predict_maps(model, images, progress=False).probabilities
+    hflip = runs.predict_maps(model, images[:, :, ::-1], progress=False).probabilities[:, :, ::-1]
+    vflip = runs.predict_maps(model, images[:, ::-1], progress=False).probabilities[:, ::-1]
+    tta = runs.predict_maps(model, images, tta="flips", progress=False).probabilities
     np.testing.assert_allclose(tta, (plain + hflip + vflip) / 3.0, atol=1e-5)
     assert not np.allclose(tta, plain, atol=1e-4)  # the flips do change the answer
 
@@ -130,8 +130,9 @@ def test_compare_prints_both_runs_side_by_side_and_saves_a_chart(tuned_copy: Pat
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"run_id": "other", "model": "sm_unet_resnet34"}))
     scores = {name: {"threshold": 0.5, "min_size": 0, "p_min": 0.0, "area_min": 0, "dice_before": 0.1 * (index + 1),
-                     "dice_after": 0.2 * (index + 1)} for index, name in enumerate(CLASSES)}
-    io.atomic_write_json(other / "postprocess.json", {"classes": scores, "mean": {"dice_before": 0.25, "dice_after": 0.5},
+                     "dice_after": 0.2 * (index + 1), "dice_held_out": 0.15 * (index + 1)} for index, name in enumerate(CLASSES)}
+    io.atomic_write_json(other / "postprocess.json", {"classes": scores, "mean": {"dice_before": 0.25, "dice_after": 0.5,
+                                                                                   "dice_held_out": 0.375},
                                                      "image_size": "64x96", "validation_images": 6})
     chart = tmp_path / "chart.png"
     result = _invoke("compare", run_copy, other, "--out", chart)
@@ -141,6 +142,10 @@ def test_compare_prints_both_runs_side_by_side_and_saves_a_chart(tuned_copy: Pat
     sugar = next(line for line in result.output.splitlines() if line.startswith("Sugar"))
     assert sugar.split()[1:5] == [f"{tuned['classes']['Sugar']['dice_before']:.4f}", f"{tuned['classes']['Sugar']['dice_after']:.4f}",
                                   "0.4000", "0.8000"]
+    # Both tuned with folds: the held-out estimates side by side too.
+    held_out = tuned["classes"]["Sugar"]["dice_held_out"]
+    assert sugar.split()[6:9] == [f"{held_out:.4f}", "0.6000", f"{0.6 - held_out:+.4f}"]
+    assert "B-A held-out" in result.output
     assert "sm_unet_resnet34" in result.output and "from postprocess.json" in result.output
 
 
@@ -153,8 +158,8 @@ def test_commands_report_bad_run_folders_with_exit_code_2(tmp_path: Path):
         assert "config.json" in result.output
     result = _invoke("compare", empty, empty)
     assert result.exit_code == 2 and "evaluation.json" in result.output
-    result = _invoke("postprocess", empty, "--trials", "3", "--grid")
-    assert result.exit_code == 2 and "--trials" in result.output
+    result = _invoke("postprocess", empty, "--grid")  # the grid is the default: no flag that does nothing
+    assert result.exit_code == 2 and "No such option '--grid'" in result.output
 
 
 def test_cached_logits_keep_threshold_half_exact():

@@ -135,17 +135,20 @@ def test_search_prefers_dropping_a_false_positive_mask_by_its_peak():
 
 def test_build_space_scales_sizes_and_draws_reproducible_trials():
     grid = postprocess.build_space((350, 525))
-    assert grid.thresholds == postprocess.DEFAULT_THRESHOLDS and len(grid.thresholds) == 11
-    assert grid.min_sizes == postprocess.DEFAULT_MIN_SIZES
+    assert grid.thresholds == postprocess.DEFAULT_THRESHOLDS and len(grid.thresholds) == 13
+    assert grid.thresholds[0] == 0.30 and grid.thresholds[-1] == 0.90
+    assert grid.min_sizes == postprocess.DEFAULT_MIN_SIZES and grid.min_sizes[-1] == 40000
+    assert grid.p_mins == postprocess.PRESENCE_THRESHOLDS and grid.p_mins[0] == 0.0  # the gate can be off
+    assert postprocess.build_space((350, 525), presence_gate=False).p_mins == (0.0,)
     half = postprocess.build_space((175, 525))
     assert half.min_sizes[:5] == (0, 50, 250, 500, 1250)  # half the area, half the pixels
     tiny = postprocess.build_space((35, 52))  # about 1% of the area: 0 and 100 px both round to 0 and 1
     assert tiny.min_sizes[:3] == (0, 1, 5) and len(set(tiny.min_sizes)) == len(tiny.min_sizes)
     trials = postprocess.build_space((64, 96), trials=7, seed=5)
     assert trials == postprocess.build_space((64, 96), trials=7, seed=5)
-    assert 1 <= len(trials.thresholds) <= 7 and all(0.2 <= value <= 0.85 for value in trials.thresholds)
+    assert 1 <= len(trials.thresholds) <= 7 and all(0.2 <= value <= 0.9 for value in trials.thresholds)
     ruled = postprocess.build_space((350, 525), mask_rule=True)
-    assert ruled.candidates == 11 * 11 * len(postprocess.RULE_P_MINS) * len(postprocess.RULE_AREA_MINS)
+    assert ruled.candidates == 13 * 13 * len(postprocess.PRESENCE_THRESHOLDS) * len(postprocess.RULE_AREA_MINS)
 
 
 def test_bad_parameters_name_the_class_and_the_file(tmp_path):

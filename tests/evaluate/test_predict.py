@@ -106,7 +106,7 @@ def test_predict_command_writes_a_checked_submission_in_sample_order(tuned_copy:
     from harness.evaluate import postprocess, runs
 
     image = sorted(path.name for path in images_dir.iterdir())[1]
-    probabilities = runs.predict_images(runs.load_model(tuned_copy), cache.load_image(images_dir / image, (64, 96))[None], progress=False)
+    probabilities = runs.predict_maps(runs.load_model(tuned_copy), cache.load_image(images_dir / image, (64, 96))[None], progress=False).probabilities
     expected = predict.resize_masks(postprocess.apply_postprocess(probabilities, postprocess.load_params(tuned_copy))[0])
     for channel, name in enumerate(CLASSES):
         np.testing.assert_array_equal(decoded[f"{image}_{name}"], expected[..., channel])

@@ -8,9 +8,11 @@ TensorFlow model takes to import and train on two cores. One test uses the real 
 
 Run folder `<HARNESS_ROOT>/<HARNESS_SWEEP_ID>/<WANDB_RUN_ID>/`: `metrics.jsonl` (one row per epoch,
 `val_dice_coef` = quality * epoch / epochs), `summary.json` (status running/finished/preempted),
-`checkpoint/state.json` (epochs completed: a restart resumes after it), and `starts.jsonl` (one line
-per process start: pid, first epoch, CUDA_VISIBLE_DEVICES, SLURM job id and restart count) so tests
-can check where each attempt ran and resumed. SIGTERM/SIGINT/SIGUSR1: save and exit 128 + signal.
+`checkpoint/state.json` (epochs completed: a restart resumes after it and cuts metrics.jsonl back
+to it), and `starts.jsonl` (one line per process start: pid, first epoch, CUDA_VISIBLE_DEVICES,
+SLURM job id and restart count) so tests can check where each attempt ran and resumed.
+SIGTERM/SIGINT/SIGUSR1: save and exit 128 + signal.
+FAKE_PAUSE_AFTER_EPOCH=N: after epoch N is saved, write `paused.json` and wait for a stop signal.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def main(argv: list[str]) -> int:
     (folder / "checkpoint").mkdir(parents=True, exist_ok=True)
     state_path = folder / "checkpoint" / "state.json"
     done = json.loads(state_path.read_text())["epoch"] if state_path.exists() else 0
+    # Like harness.train: cut metrics.jsonl back to the checkpoint (a process killed between writing
+    # an epoch's row and its checkpoint would otherwise log that epoch twice).
+    metrics_path = folder / "metrics.jsonl"
+    if metrics_path.exists():
+        rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["epoch"] <= done]
+        if len(kept) != len(rows):
+            metrics_path.write_text("".join(line + "\n" for line in kept))
 
     received: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
@@ -87,6 +97,12 @@ def main(argv: list[str]) -> int:
         done = epoch
         write_json(state_path, {"epoch": done})
         summary("running", final=row)
+        if os.environ.get("FAKE_PAUSE_AFTER_EPOCH") == str(done):
+            # Hold still at a known point (like harness.train's HARNESS_PAUSE_AT) until a stop signal.
+            write_json(folder / "paused.json", {"epoch": done, "pid": os.getpid()})
+            while not received:
+                time.sleep(0.02)
+            (folder / "paused.json").unlink()
     summary("finished")
     return 0
 

@@ -200,3 +200,18 @@ def test_ctrl_c_leaves_running_runs_preempted_with_a_checkpoint_and_resume_finis
     text = log.read_text()
     assert "preempted/crashed run(s) will be resumed first" in text
     assert text.count("SIGINT: asking 2 agent(s)") == 1  # each agent's log is shown once, not per launch
+
+
+def test_a_sweep_that_ends_with_a_failed_run_is_not_plain_finished_and_the_launcher_exits_1(tmp_path):
+    root = tmp_path / "runs"
+    spec = fake_sweep_spec([0.1, 0.2], epochs=2, epoch_s=0.1)
+    spec["parameters"]["fail_at_epoch"] = {"values": [0, 1]}  # the grid's second cell fails by itself
+    sweep_id = create_sweep(root, spec)
+    log = tmp_path / "launch.log"
+    process = launch(["--gpus", "0", "--sweep", sweep_id, "--stagger", "0"], root, log)
+    assert process.wait(timeout=120) == 1, log.read_text()
+    assert f"sweep {sweep_id} ended with 2 run(s) that did not finish" in log.read_text()
+    status = subprocess.run([sys.executable, "-m", "harness", "status", sweep_id, "--root", str(root)],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and f"sweep {sweep_id} (grid; val_dice_coef maximize) is finished with 2 failed" \
+        in status.stdout, status.stdout + status.stderr

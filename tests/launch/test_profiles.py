@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.errors import ConfigError
@@ -47,6 +49,8 @@ def test_unknown_key_is_rejected_listing_the_valid_ones(tmp_path):
     ("    parallel: 0\n", "'parallel' must be > 0"),
     ("    setup: [1, 2]\n", "'setup' must be a list of shell lines"),
     ("    sbatch: exclusive\n", "'sbatch' must be a mapping"),
+    ("    signal_delay_s: 10\n", "'signal_delay_s' must be at least 30"),
+    ("    time_min: 1\n    signal_delay_s: 60\n", r"'signal_delay_s' \(60 s\) must be shorter than the time limit"),
 ])
 def test_bad_values_name_the_key(tmp_path, body, fragment):
     path = tmp_path / "slurm.yaml"
@@ -65,3 +69,28 @@ def test_missing_file_and_profile_are_clear(tmp_path):
     path.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         profiles.load_profiles(path)
+
+
+def test_a_job_gives_up_on_its_runs_save_before_slurm_kills_it():
+    """SLURM kills a job signal_delay_s after its warning: the wait for the run's checkpoint must end first,
+    leaving time to requeue (the old fixed 240 s outlasted the local profile's 30 s)."""
+    from harness.launch import slurm
+
+    for profile in profiles.load_profiles().values():
+        assert 0 < profile.save_timeout_s() <= profile.signal_delay_s - profiles.REQUEUE_MARGIN_S
+    local = profiles.load_profile("local")
+    plan = slurm.wandb_array_plan("team/proj/abc123", local, Path("/tmp/runs"))
+    assert plan.save_timeout_s == local.save_timeout_s() == local.signal_delay_s - profiles.REQUEUE_MARGIN_S
+
+
+def test_agents_with_a_local_sweep_under_slurm_is_an_error(tmp_path):
+    import subprocess
+    import sys
+
+    from harness.sweep.store import Store
+
+    with Store(tmp_path) as store:
+        sweep_id = store.create_sweep({"method": "grid", "parameters": {"x": {"values": [1]}}})
+    result = subprocess.run([sys.executable, "-m", "harness.launch", "--slurm", "local", "--agents", "3", "--sweep",
+                             sweep_id, "--root", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--agents with --slurm" in result.stderr and "--parallel" in result.stderr

@@ -22,17 +22,55 @@ from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, 
 pytestmark = [pytest.mark.slurm]
 
 
-def _sacct(job_ids: list[str]) -> list[dict[str, str]]:
+FINAL_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL")
+
+
+def _sacct_once(job_ids: list[str]) -> list[dict[str, str]]:
     listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State,Start,End,AllocTRES",
                               "-j", ",".join(job_ids)], capture_output=True, text=True, check=True)
     names = ("job_id", "name", "state", "start", "end", "tres")
     return [dict(zip(names, line.split("|"))) for line in listing.stdout.splitlines() if line]
 
 
-def _jobs_named(name: str) -> list[str]:
-    listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", "now-1hour"],
-                             capture_output=True, text=True, check=True)
-    return listing.stdout.split()
+def _recorded(row: dict[str, str]) -> bool:
+    """slurmdbd has the job's own record: its name (not the `allocation` placeholder slurmdbd writes when a
+    step's record arrives first), a final state and an end time."""
+    return row["name"] != "allocation" and row["state"].startswith(FINAL_STATES) and row["end"] not in ("", "Unknown")
+
+
+def _sacct(job_ids: list[str], timeout_s: float = 60) -> list[dict[str, str]]:
+    """Accounting rows of finished jobs, once slurmdbd has recorded all of them (it lags the controller by up to
+    a few seconds: read too early, a job has no row, or a row named `allocation`)."""
+    rows: list[dict[str, str]] = []
+
+    def settled() -> bool:
+        nonlocal rows
+        rows = _sacct_once(job_ids)
+        return {row["job_id"] for row in rows} >= set(job_ids) and all(_recorded(row) for row in rows)
+
+    try:
+        wait_until(settled, timeout_s, f"slurmdbd to record jobs {job_ids}", poll_s=0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last sacct rows: {rows}") from None
+    return rows
+
+
+def _jobs_named(name: str, expected_job: str, timeout_s: float = 60) -> list[str]:
+    """Every job of the last hour named `name`, once slurmdbd lists `expected_job` under that name."""
+    found: list[str] = []
+
+    def listed() -> bool:
+        nonlocal found
+        listing = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", "now-1hour"],
+                                 capture_output=True, text=True, check=True)
+        found = listing.stdout.split()
+        return expected_job in found
+
+    try:
+        wait_until(listed, timeout_s, f"slurmdbd to list job {expected_job} as {name}", poll_s=0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last listing: {found}") from None
+    return found
 
 
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -95,17 +133,20 @@ def test_local_sweep_runs_as_jobs_each_on_its_own_gpu_never_more_than_parallel(t
 
 
 @pytest.mark.slow
-def test_interrupted_job_is_requeued_and_its_run_resumes_at_its_epoch(tmp_path, slurm_cluster):
+def test_interrupted_job_is_requeued_and_its_run_resumes_at_its_epoch(tmp_path, slurm_cluster, monkeypatch):
     import submitit
 
     root = tmp_path / "runs"
     sweep_id = create_sweep(root, fake_sweep_spec([0.5], epochs=4, epoch_s=1.0))
     log = tmp_path / "launch.log"
+    # The interrupt lands at a known point: the job's program holds still after saving epoch 2.
+    monkeypatch.setenv("FAKE_PAUSE_AFTER_EPOCH", "2")
     process = launch(["--slurm", "local", "--sweep", sweep_id], root, log)
     with Store(root) as store:
         wait_until(lambda: store.runs(sweep_id) and store.runs(sweep_id)[0].job_id, 60, "a submitted job")
         run = store.runs(sweep_id)[0]
-    wait_until(lambda: len(epochs_logged(root, sweep_id, run.id)) >= 2, 90, "two epochs")
+    wait_until(lambda: (root / sweep_id / run.id / "paused.json").exists(), 90, "the run paused after epoch 2")
+    assert epochs_logged(root, sweep_id, run.id) == [1, 2]
     job = submitit.SlurmJob(folder=slurm.slurm_folder(root, sweep_id), job_id=run.job_id)
     job._interrupt()  # what SLURM preemption looks like to submitit: SIGTERM, then USR2
     assert process.wait(timeout=180) == 0, log.read_text()
@@ -113,14 +154,13 @@ def test_interrupted_job_is_requeued_and_its_run_resumes_at_its_epoch(tmp_path, 
     # Same SLURM job, requeued once; the second process started after the epoch the first one saved.
     assert first["slurm_job_id"] == second["slurm_job_id"] == run.job_id
     assert second["restart_count"] == "1"
-    saved = second["start_epoch"] - 1
-    assert saved >= 2
+    assert second["start_epoch"] == 3  # exactly after the epoch saved at the interrupt
     assert epochs_logged(root, sweep_id, run.id) == [1, 2, 3, 4]
     with Store(root) as store:
         final = store.get_run(run.id)
     assert final.state == "finished" and final.attempts == 1 and final.job_id == run.job_id
     assert "restart 1" in log.read_text()
-    assert _jobs_named(f"cs-{run.id}") == [run.job_id]  # requeued, not resubmitted
+    assert _jobs_named(f"cs-{run.id}", run.job_id) == [run.job_id]  # requeued, not resubmitted
 
 
 @pytest.mark.slow
@@ -148,7 +188,7 @@ def test_launcher_killed_and_restarted_reattaches_without_losing_or_duplicating_
     for run in runs:
         assert run.state == "finished" and run.attempts == 1
         assert len(starts(root, sweep_id, run.id)) == 1  # one process per run: nothing ran twice
-        assert _jobs_named(f"cs-{run.id}") == [run.job_id]  # one job per run
+        assert _jobs_named(f"cs-{run.id}", run.job_id) == [run.job_id]  # one job per run
         assert epochs_logged(root, sweep_id, run.id) == [1, 2, 3]
 
 
@@ -211,9 +251,11 @@ def test_record_placement_writes_slurm_cuda_visible_devices(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_cluster, tiny_config):
+def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_cluster, tiny_config, monkeypatch):
     """The headline with the real `python -m harness.train` (TensorFlow on CPU, tiny generated data):
-    a SLURM job interrupted by submitit is requeued (same job id) and the run goes on from its epoch."""
+    a SLURM job interrupted by submitit mid-epoch (held after epoch 2's first batch by
+    HARNESS_PAUSE_AT, so the point is known) is requeued (same job id) and the run goes on from that
+    batch: its second batch is the next step, nothing is trained twice."""
     import submitit
 
     root = tmp_path / "runs"
@@ -225,11 +267,13 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
             "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}
     sweep_id = create_sweep(root, spec)
     log = tmp_path / "launch.log"
+    monkeypatch.setenv("HARNESS_PAUSE_AT", "2:1")
     process = launch(["--slurm", "local", "--sweep", sweep_id], root, log)
     with Store(root) as store:
         wait_until(lambda: store.runs(sweep_id) and store.runs(sweep_id)[0].job_id, 60, "a submitted job")
         run = store.runs(sweep_id)[0]
-    wait_until(lambda: len(epochs_logged(root, sweep_id, run.id)) >= 1, 150, "a first epoch of real training")
+    wait_until(lambda: (root / sweep_id / run.id / "paused.json").exists(), 200, "the trainer paused in epoch 2")
+    assert epochs_logged(root, sweep_id, run.id) == [1]
     interrupted_at = time.time()
     submitit.SlurmJob(folder=slurm.slurm_folder(root, sweep_id), job_id=run.job_id)._interrupt()
     assert process.wait(timeout=300) == 0, log.read_text()
@@ -237,8 +281,11 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]  # every epoch once, none restarted from 1
     before = [row["epoch"] for row in rows if _stamp(row["time"]) <= interrupted_at]
-    assert 1 <= len(before) < 3  # interrupted mid-run...
-    assert [row["step"] for row in rows] == [2, 4, 6]  # ...and the optimizer state carried on
+    assert before == [1]  # interrupted in epoch 2, after its first batch...
+    assert [row["step"] for row in rows] == [2, 4, 6]  # ...and no step trained twice or lost
+    output = (folder / "output.log").read_text()
+    assert "at epoch 2, batch 1, step 3" in output  # the checkpoint of the interrupt
+    assert f"resuming run {run.id} at epoch 2 batch 2 (its first 1 batches were trained before: skipped)" in output
     placement = json.loads((folder / "slurm.json").read_text())
     assert placement["job_id"] == run.job_id and placement["restart_count"] == 1
     summary = json.loads((folder / "summary.json").read_text())
@@ -247,7 +294,7 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
         final = store.get_run(run.id)
     assert final.state == "finished" and final.attempts == 1 and len(final.metric_values) == 3
     assert "resuming run" in (folder / "output.log").read_text()
-    assert _jobs_named(f"cs-{run.id}") == [run.job_id]
+    assert _jobs_named(f"cs-{run.id}", run.job_id) == [run.job_id]
 
 
 @pytest.mark.slow

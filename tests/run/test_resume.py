@@ -1,7 +1,9 @@
 """Killing a run and starting it again: kill -9 and SIGTERM in mid-epoch, in real subprocesses.
 
 The child runs on a pseudo-terminal, so it shows Keras's live progress bar; the test reads it to act
-at a known point (the second epoch, after its first batches) instead of guessing with sleeps.
+inside the second epoch instead of guessing with sleeps. The SIGTERM lands at a known batch:
+HARNESS_PAUSE_AT holds the trainer still after it (and meanwhile a second trainer is started on the
+same folder, and must back off at once).
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ def slow_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 class Child:
     """`python -m harness.train` on a pseudo-terminal, its output collected as it comes."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
         master, slave = pty.openpty()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "harness.train", *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-            cwd=REPO, start_new_session=True,
+            cwd=REPO, start_new_session=True, env={**os.environ, **(env or {})},
         )
         os.close(slave)
         self.master = master
@@ -138,9 +140,20 @@ def test_a_run_killed_with_9_then_stopped_with_sigterm_continues_to_one_history(
     assert (state.epoch, state.batch, state.iterations) == (1, 0, steps)
     best_after_first = json.loads((run_dir / "summary.json").read_text())["best"]
 
-    # 2. Started again: continues at epoch 2 with the optimizer's step count; SIGTERM in epoch 3.
-    second = Child(_args(tmp_path, "run1", slow_data))
-    second.wait_for_batch(epoch=3, batch=3)
+    # 2. Started again: continues at epoch 2 with the optimizer's step count; SIGTERM after epoch 3's
+    #    third batch exactly (held there by HARNESS_PAUSE_AT).
+    second = Child(_args(tmp_path, "run1", slow_data), env={"HARNESS_PAUSE_AT": "3:3"})
+    deadline = time.monotonic() + 240
+    while not (run_dir / "paused.json").exists() and second.process.poll() is None and time.monotonic() < deadline:
+        second._read(0.05)
+    assert (run_dir / "paused.json").exists(), second.output[-3000:]
+    # Meanwhile a second trainer on the same folder backs off at once, touching nothing.
+    metrics_before = (run_dir / "metrics.jsonl").read_bytes()
+    intruder = subprocess.run([sys.executable, "-m", "harness.train", *_args(tmp_path, "run1", slow_data)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert intruder.returncode == 75, intruder.stderr[-2000:]
+    assert f"is in use by pid {second.process.pid}" in intruder.stderr
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_before
     second.process.send_signal(signal.SIGTERM)
     assert second.finish() == 128 + signal.SIGTERM, second.output[-3000:]
     assert f"resuming run run1 at epoch 2, optimizer step {steps}" in second.output
@@ -148,18 +161,16 @@ def test_a_run_killed_with_9_then_stopped_with_sigterm_continues_to_one_history(
     assert (summary["status"], summary["signal"], summary["exit_code"]) == ("preempted", "SIGTERM", 143)
     rows = io.read_jsonl(run_dir / "metrics.jsonl")
     assert [(row["epoch"], row["step"]) for row in rows] == [(1, steps), (2, 2 * steps)]
-    # Saved at the signal, not at the last epoch end: inside epoch 3, past the batches already seen.
+    # Saved at the signal, not at the last epoch end: inside epoch 3, after exactly 3 batches.
     state = checkpoint.load_state(run_dir)
-    assert (state.epoch, state.reason) == (2, "signal:SIGTERM")
-    assert 3 <= state.batch < steps
-    assert state.iterations == 2 * steps + state.batch
+    assert (state.epoch, state.batch, state.reason, state.iterations) == (2, 3, "signal:SIGTERM", 2 * steps + 3)
 
-    # 3. Started again: epoch 3 from its start, with the weights and optimizer state of the signal.
+    # 3. Started again: epoch 3 from its fourth batch (the first three are skipped, not retrained).
     third = Child(_args(tmp_path, "run1", slow_data))
     assert third.finish() == 0, third.output[-3000:]
-    assert f"resuming run run1 at epoch 3 (saved at its batch {state.batch}" in third.output
+    assert "resuming run run1 at epoch 3 batch 4 (its first 3 batches were trained before: skipped)" in third.output
     rows = io.read_jsonl(run_dir / "metrics.jsonl")
-    assert [(row["epoch"], row["step"]) for row in rows] == [(1, steps), (2, 2 * steps), (3, 3 * steps + state.batch)]
+    assert [(row["epoch"], row["step"]) for row in rows] == [(1, steps), (2, 2 * steps), (3, 3 * steps)]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["epochs_completed"]) == ("finished", EPOCHS)
     best_row = max(rows, key=lambda row: row["val_dice_coef"])
@@ -173,4 +184,13 @@ def test_a_run_killed_with_9_then_stopped_with_sigterm_continues_to_one_history(
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert fourth.returncode == 0 and "already finished" in fourth.stdout
     assert (run_dir / "checkpoint" / "LATEST").read_text() == pointer
+    assert [row["epoch"] for row in io.read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, EPOCHS + 1))
+
+    # 5. A LATEST that names a missing checkpoint: the run stops, naming the file and the way out;
+    #    nothing is restarted from epoch 0 and the history stays as it is.
+    (run_dir / "checkpoint" / "LATEST").write_text("ckpt-000099\n")
+    damaged = subprocess.run([sys.executable, "-m", "harness.train", "--root", str(tmp_path), "--run_id=run1"],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert damaged.returncode == 1, damaged.stderr[-2000:]
+    assert "LATEST names ckpt-000099, which is missing" in damaged.stderr and "--restart" in damaged.stderr
     assert [row["epoch"] for row in io.read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, EPOCHS + 1))

@@ -111,6 +111,14 @@ def test_a_killed_agent_leaves_a_crashed_run_that_another_agent_resumes(root, ma
     os.kill(first.pid, signal.SIGKILL)
     first.join()
     assert _runs(root, sweep_id)[0].state == "running"  # nobody has noticed yet
+    folder = controller.run_dir(root, sweep_id, run.id)
+    child = json.loads((folder / "starts.jsonl").read_text().splitlines()[0])["pid"]
+    # The child gets SIGTERM from the kernel (parent-death signal) and stops at once; an orphan would
+    # go on through all 6 epochs (2.4 s) unwatched.
+    wait_for(lambda: not Path(f"/proc/{child}").exists() or
+             Path(f"/proc/{child}/stat").read_text().split(") ", 1)[-1].startswith("Z"), 10, "the orphaned child to stop")
+    logged_before = len(controller.read_history(folder))
+    assert 1 <= logged_before < 6
     [second] = fork_agents(sweep_id, epoch_seconds=0.1, stale_after_s=1.5)
     assert _wait_all([second]) == [0], agent_log(second)
     runs = _runs(root, sweep_id)
@@ -119,9 +127,8 @@ def test_a_killed_agent_leaves_a_crashed_run_that_another_agent_resumes(root, ma
     assert (resumed.id, resumed.config) == (run.id, run.config)
     assert resumed.state == "finished" and resumed.attempts == 2 and resumed.agent != run.agent
     assert f"marked crashed {run.id}" in agent_log(second)
-    folder = controller.run_dir(root, sweep_id, run.id)
     starts = [json.loads(line) for line in (folder / "starts.jsonl").read_text().splitlines()]
-    assert len(starts) == 2 and starts[1]["resumed_from"] >= 1  # continued from its checkpoint
+    assert len(starts) == 2 and starts[1]["resumed_from"] == logged_before  # from the epochs logged before the kill
     assert [row["epoch"] for row in controller.read_history(folder)] == [1, 2, 3, 4, 5, 6]
     # the first child did not train on unwatched: it got SIGTERM when its agent died
     assert not Path(f"/proc/{starts[0]['pid']}").exists()

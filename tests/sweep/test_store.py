@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness.errors import SweepError
-from harness.sweep import controller
+from harness.sweep import controller, engine
 from harness.sweep.store import Store
 
 GRID = {
@@ -53,6 +53,48 @@ def test_create_and_read_a_sweep(store: Store, tmp_path: Path):
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(SweepError, match=rf"unknown sweep id 'local-nope'.*known: {sweep_id}"):
         store.get_sweep("local-nope")
+
+
+def test_outside_kills_and_claims_that_made_progress_spend_no_attempt(store: Store):
+    """Attempts bound a run's own failures: claims that ended without a new epoch by the run's doing. A run
+    whose holder was lost (or got a forwarded signal) 10 times, or that progressed each time, stays resumable."""
+    sweep_id = store.create_sweep(GRID)
+    run = _claim(store, sweep_id)
+    for claim in range(2, 12):
+        store.finish_run(run.id, "crashed", own_failure=False)  # e.g. its agent was killed -9
+        again = _claim(store, sweep_id, max_attempts=3)
+        assert (again.id, again.attempts, again.failures) == (run.id, claim, 0)
+    for epoch in range(1, 6):  # killed by itself each time, but after a new epoch every time
+        store.record_history(run.id, [{"epoch": index, "val_dice_coef": 0.1} for index in range(1, epoch + 1)])
+        store.finish_run(run.id, "preempted")
+        assert store.get_run(run.id).failures == 0
+        assert _claim(store, sweep_id, max_attempts=3).id == run.id
+    for failure in range(1, 4):  # no progress, its own doing: these count
+        store.finish_run(run.id, "crashed")
+        assert store.get_run(run.id).failures == failure
+        if failure < 3:
+            assert _claim(store, sweep_id, max_attempts=3).id == run.id
+    assert _claim(store, sweep_id, max_attempts=3).id != run.id
+    # --resume (the user's explicit request) gives the run its attempts back.
+    assert store.revive(sweep_id) == [run.id]
+    assert store.get_run(run.id).failures == 0
+
+
+def test_a_store_of_the_first_schema_gets_the_new_columns(tmp_path: Path):
+    import sqlite3
+
+    from harness.sweep import store as store_module
+
+    old_schema = store_module._SCHEMA.replace(",\n    failures INTEGER NOT NULL DEFAULT 0,\n    epochs_at_claim INTEGER NOT NULL DEFAULT 0", "")
+    assert "failures" not in old_schema
+    database = sqlite3.connect(tmp_path / "sweeps.db")
+    database.executescript(old_schema)
+    database.close()
+    with Store(tmp_path) as store:
+        sweep_id = store.create_sweep(GRID)
+        run = _claim(store, sweep_id)
+        store.finish_run(run.id, "crashed")
+        assert store.get_run(run.id).failures == 1
 
 
 def test_grid_hands_out_each_cell_once_and_finishes_only_when_nothing_runs(store: Store):
@@ -211,7 +253,7 @@ def test_many_processes_claiming_at_once_never_get_the_same_run(tmp_path: Path):
     root = str(tmp_path / "runs")
     with Store(root) as store:
         sweep_id = store.create_sweep(spec)
-    controller.propose(spec, [])  # import the engine once, before forking
+    engine.propose(spec, [])  # import the engine once, before forking
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     start = time.time() + 0.5
@@ -254,13 +296,13 @@ def test_engine_states(store: Store):
     mapping = {}
     for state in ("running", "finished", "failed", "crashed", "preempted", "stopped"):
         store._db.execute("UPDATE runs SET state = ? WHERE id = ?", (state, run.id))
-        mapping[state] = controller.engine_state(store.get_run(run.id), max_attempts=5)
+        mapping[state] = engine.engine_state(store.get_run(run.id), max_attempts=5)
     assert mapping == {"running": "running", "finished": "finished", "failed": "failed", "crashed": "pending",
                        "preempted": "pending", "stopped": "killed"}
     store.record_history(run.id, [{"epoch": 1, "val_dice_coef": 0.3}])
-    assert controller.engine_state(store.get_run(run.id), max_attempts=5) == "finished"  # stopped with a metric
-    store._db.execute("UPDATE runs SET state = 'crashed', attempts = 5 WHERE id = ?", (run.id,))
-    assert controller.engine_state(store.get_run(run.id), max_attempts=5) == "crashed"
+    assert engine.engine_state(store.get_run(run.id), max_attempts=5) == "finished"  # stopped with a metric
+    store._db.execute("UPDATE runs SET state = 'crashed', failures = 5 WHERE id = ?", (run.id,))
+    assert engine.engine_state(store.get_run(run.id), max_attempts=5) == "crashed"
 
 
 def _quality(learning_rate: float) -> float:
@@ -305,8 +347,8 @@ def test_hyperband_picks_the_lagging_running_run(store: Store):
     store.record_history(good2.id, [{"epoch": 1, "val_dice_coef": 0.45}])
     store.record_history(lagging.id, [{"epoch": 1, "val_dice_coef": 0.1}])
     store.finish_run(good1.id, "finished", exit_code=0)
-    assert controller.runs_to_stop(spec, store.runs(sweep_id)) == {lagging.id}
-    assert controller.runs_to_stop(GRID, store.runs(sweep_id)) == set()  # no early_terminate: never
+    assert engine.runs_to_stop(spec, store.runs(sweep_id)) == {lagging.id}
+    assert engine.runs_to_stop(GRID, store.runs(sweep_id)) == set()  # no early_terminate: never
 
 
 def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path: Path):

@@ -1,0 +1,308 @@
+"""Sweeps on a REAL multi-node SLURM (scripts/test_slurm.sh multinode: a controller, slurmdbd and
+three compute nodes, each `slurmd` in its own network namespace on a private bridge, 2 fake GPUs per
+node). Nothing is mocked: jobs are placed on different nodes by SLURM, a node is lost by killing
+every process in its namespace, and SLURM itself notices (SlurmdTimeout/MessageTimeout 5 s), marks
+it DOWN and requeues its jobs.
+
+The launcher and every SLURM command here reach this cluster through its own SLURM_CONF in their
+environment (`slurm_multinode.env`); the single-node cluster of test_slurm.py is left alone.
+Runs are tests/launch/fake_train.py (the run-folder contract, seconds per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from harness.sweep.store import Store
+from tests.launch.conftest import (TEST_SLURM, MultiNodeCluster, create_sweep, epochs_logged, fake_sweep_spec,
+                                   launch, starts, wait_until)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Node loss: 4 runs of 10 one-second epochs on 3 nodes x 2 GPUs (room elsewhere for the lost node's runs).
+LOSS_VALUES = [0.2, 0.4, 0.6, 0.8]
+LOSS_EPOCHS = 10
+
+
+def _stamp(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+FINAL_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL")
+
+
+def _sacct(cluster: MultiNodeCluster, job_ids: list[str], duplicates: bool = False,
+           rows: int | None = None) -> list[dict[str, str]]:
+    """sacct rows (-D: one per start of a requeued job, oldest first) of these finished jobs, once
+    slurmdbd has recorded them all (`rows` of them): it lags the controller by a few seconds, and
+    until then a job has no row, an unfinished one, or one named `allocation`."""
+    names = ("job_id", "name", "state", "nodes", "start", "end", "tres")
+    found: list[dict[str, str]] = []
+
+    def settled() -> bool:
+        nonlocal found
+        listing = cluster.slurm("sacct", "-X", "-n", "-P", *(["-D"] if duplicates else []),
+                                "-o", "JobID,JobName,State,NodeList,Start,End,AllocTRES", "-j", ",".join(job_ids))
+        found = [dict(zip(names, line.split("|"))) for line in listing.splitlines() if line]
+        recorded = all(row["name"] != "allocation" and row["state"].startswith(FINAL_STATES)
+                       and row["end"] not in ("", "Unknown") for row in found)
+        return recorded and {row["job_id"] for row in found} >= set(job_ids) and (rows is None or len(found) == rows)
+
+    try:
+        wait_until(settled, 60, f"slurmdbd to record jobs {job_ids}", poll_s=0.5)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; last sacct rows: {found}") from None
+    return found
+
+
+def _jobs_named(cluster: MultiNodeCluster, name: str, expected: list[str]) -> list[str]:
+    """Every job of the last hour named `name`, once slurmdbd lists at least the `expected` ones."""
+    found: list[str] = []
+
+    def listed() -> bool:
+        nonlocal found
+        found = cluster.slurm("sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", "now-1hour").split()
+        return set(found) >= set(expected)
+
+    wait_until(listed, 60, f"slurmdbd to list jobs named {name}", poll_s=0.5)
+    return found
+
+
+def _checkpoint_epoch(root: Path, sweep_id: str, run_id: str) -> int:
+    path = root / sweep_id / run_id / "checkpoint" / "state.json"
+    return json.loads(path.read_text())["epoch"] if path.exists() else 0
+
+
+def test_local_sweep_spreads_over_nodes_each_run_on_its_own_gpu(tmp_path, slurm_multinode):
+    cluster = slurm_multinode
+    root = tmp_path / "runs"
+    values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    sweep_id = create_sweep(root, fake_sweep_spec(values, epochs=3, epoch_s=1.0))
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "local", "--sweep", sweep_id, "--parallel", "6"], root, log, env=cluster.env)
+    assert process.wait(timeout=180) == 0, log.read_text()
+    with Store(root) as store:
+        runs = store.runs(sweep_id)
+        assert store.get_sweep(sweep_id).state == "finished"
+    assert sorted(run.config["quality"] for run in runs) == values
+    assert all(run.state == "finished" and run.attempts == 1 for run in runs)
+    accounting = {row["job_id"]: row for row in _sacct(cluster, [run.job_id for run in runs])}
+    for run in runs:
+        row = accounting[run.job_id]
+        (start,) = starts(root, sweep_id, run.id)
+        # SLURM's accounting, the job's own host name (its node's UTS namespace) and the store agree.
+        assert row["state"] == "COMPLETED" and row["name"] == f"cs-{run.id}" and "gres/gpu=1" in row["tres"]
+        assert row["nodes"] in cluster.nodes
+        assert start["host"] == row["nodes"] == run.host
+        assert start["slurm_job_id"] == run.job_id
+        assert start["cuda_visible_devices"] in ("0", "1") and run.gpu == start["cuda_visible_devices"]
+    assert len({accounting[run.job_id]["nodes"] for run in runs}) >= 2
+    # A fake GPU is (node, index): jobs that overlapped in time on one node had different GPUs.
+    for first in runs:
+        for second in runs:
+            a, b = accounting[first.job_id], accounting[second.job_id]
+            overlap = _stamp(a["start"]) < _stamp(b["end"]) and _stamp(b["start"]) < _stamp(a["end"])
+            if first.id < second.id and overlap and a["nodes"] == b["nodes"]:
+                assert first.gpu != second.gpu, (a, b)
+    # submitit's sbatch and the launcher's sacct went to the multi-node cluster only (SLURM_CONF in
+    # their environment): the single-node cluster never saw these jobs.
+    default_env = {key: value for key, value in os.environ.items() if key != "SLURM_CONF"}
+    single = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", f"cs-{runs[0].id}", "-S", "now-1hour"],
+                            capture_output=True, text=True, env=default_env, timeout=60)
+    assert single.stdout.split() == []
+
+
+def _node_loss(tmp_path: Path, cluster: MultiNodeCluster, kill_launcher: bool = False, requeue: bool = True) -> None:
+    """Kill every process of the node running the last-submitted job while its runs train; check that
+    each of its runs resumes on another node from its last checkpoint, and that the sweep ends with
+    every run trained once. `requeue`: SLURM requeues the job (same id, JobRequeue=1); without it
+    (`sbatch --no-requeue`, as at a site with JobRequeue=0) the job stays NODE_FAIL and the launcher
+    submits a new one. `kill_launcher`: the launcher is killed -9 right after the node and restarted
+    (same command) once SLURM has marked the node DOWN."""
+    root = tmp_path / "runs"
+    sweep_id = create_sweep(root, fake_sweep_spec(LOSS_VALUES, epochs=LOSS_EPOCHS, epoch_s=1.0))
+    log = tmp_path / "launch.log"
+    command = ["--slurm", "local", "--sweep", sweep_id, "--parallel", "6"]
+    if not requeue:
+        profiles = tmp_path / "slurm.yaml"
+        profiles.write_text("profiles:\n  norequeue:\n    partition: debug\n    gpus_per_job: 1\n    cpus_per_job: 1\n"
+                            "    mem_gb: 2\n    time_min: 60\n    sbatch: {no-requeue: true}\n")
+        command = ["--slurm", "norequeue", "--profiles", str(profiles), "--sweep", sweep_id, "--parallel", "6"]
+    launcher = launch(command, root, log, env=cluster.env)
+    try:
+        with Store(root) as store:
+            def all_started() -> bool:
+                runs = store.runs(sweep_id)
+                return len(runs) == len(LOSS_VALUES) and all(starts(root, sweep_id, run.id) for run in runs)
+
+            wait_until(all_started, 120, "every run started on a node")
+            runs = store.runs(sweep_id)
+        host_of = {run.id: starts(root, sweep_id, run.id)[0]["host"] for run in runs}
+        victim = host_of[max(runs, key=lambda run: int(run.job_id)).id]
+        lost = [run for run in runs if host_of[run.id] == victim]
+        wait_until(lambda: all(_checkpoint_epoch(root, sweep_id, run.id) >= 2 for run in lost), 60,
+                   f"two epochs of the runs on {victim}")
+        killed_at = time.time()
+        cluster.script("kill-node", victim)  # slurmd, slurmstepd and the runs: all SIGKILL at once
+        all_dead_at = time.time()  # the processes died between killed_at and this
+        saved = {run.id: _checkpoint_epoch(root, sweep_id, run.id) for run in lost}
+        if kill_launcher:
+            launcher.send_signal(signal.SIGKILL)
+            launcher.wait(timeout=30)
+            wait_until(lambda: cluster.node_state(victim).startswith("down"), 90, f"SLURM to mark {victim} DOWN")
+            down_at = time.time()
+            launcher = launch(command, root, log, env=cluster.env)
+        else:
+            wait_until(lambda: cluster.node_state(victim).startswith("down"), 90, f"SLURM to mark {victim} DOWN")
+            down_at = time.time()
+
+        def training_again(run_id: str) -> bool:
+            return len(starts(root, sweep_id, run_id)) >= 2 and len(epochs_logged(root, sweep_id, run_id)) > saved[run_id]
+
+        wait_until(lambda: all(training_again(run.id) for run in lost), 120, f"the runs of {victim} training again")
+        # The node comes back: its slurmd restarts (ReturnToService=2 returns it; the script also runs
+        # `scontrol update nodename=... state=resume` if it stays down) and the sweep goes on.
+        cluster.script("start-node", victim)
+        assert cluster.node_state(victim).startswith(("idle", "mix", "alloc"))
+        assert launcher.wait(timeout=180) == 0, log.read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+    with Store(root) as store:
+        final = store.runs(sweep_id)
+    assert sorted(run.config["quality"] for run in final) == LOSS_VALUES  # none lost, none added
+    assert all(run.state == "finished" for run in final)
+    by_id = {run.id: run for run in final}
+    restarted_after, training_after, work_lost = [], [], []
+    for run in lost:
+        first, second = starts(root, sweep_id, run.id)  # two processes: the killed one and one resume
+        assert first["host"] == victim and second["host"] != victim
+        assert first["slurm_job_id"] == run.job_id
+        if requeue:
+            # SLURM requeued the same job; the launcher did not also submit a second one.
+            assert second["slurm_job_id"] == run.job_id == by_id[run.id].job_id and second["restart_count"] == "1"
+            assert by_id[run.id].attempts == 1
+            assert _jobs_named(cluster, f"cs-{run.id}", [run.job_id]) == [run.job_id]
+            attempts = _sacct(cluster, [run.job_id], duplicates=True, rows=2)
+            assert [row["state"] for row in attempts] == ["NODE_FAIL", "COMPLETED"]
+        else:
+            # The job ended NODE_FAIL for good; the launcher submitted one new job that resumed the run.
+            assert second["slurm_job_id"] == by_id[run.id].job_id != run.job_id and second["restart_count"] is None
+            assert by_id[run.id].attempts == 2
+            both = [run.job_id, second["slurm_job_id"]]
+            assert _jobs_named(cluster, f"cs-{run.id}", both) == both
+            attempts = _sacct(cluster, both, duplicates=True, rows=2)
+            assert [row["state"] for row in attempts] == ["NODE_FAIL", "COMPLETED"]
+        assert attempts[0]["nodes"] == victim and attempts[1]["nodes"] == second["host"]
+        # Resumed from its last checkpoint: only the epoch in flight at the kill was lost.
+        assert saved[run.id] >= 2 and second["start_epoch"] == saved[run.id] + 1
+        assert epochs_logged(root, sweep_id, run.id) == list(range(1, LOSS_EPOCHS + 1))
+        assert by_id[run.id].host == second["host"] and len(by_id[run.id].metric_values) == LOSS_EPOCHS
+        rows = _metrics(root, sweep_id, run.id)
+        first_row_after = min(row["time"] for row in rows if row["epoch"] == saved[run.id] + 1)
+        last_saved = max(row["time"] for row in rows if row["epoch"] == saved[run.id])
+        # At most the epoch in flight (1 s, plus its writes) was lost.
+        assert last_saved < all_dead_at and all_dead_at - last_saved < 1.0 + 0.3 + (all_dead_at - killed_at)
+        work_lost.append(all_dead_at - last_saved)
+        restarted_after.append(second["time"] - killed_at)
+        training_after.append(first_row_after - killed_at)
+    for run in final:
+        if run.id not in saved:
+            assert run.attempts == 1
+            assert len(starts(root, sweep_id, run.id)) == 1
+            assert epochs_logged(root, sweep_id, run.id) == list(range(1, LOSS_EPOCHS + 1))
+    if kill_launcher:
+        assert log.read_text().count("re-attached to job") == len(LOSS_VALUES)
+    print(f"\n[node loss, {'requeue' if requeue else 'no requeue'}{', launcher -9' if kill_launcher else ''}] "
+          f"{victim} killed with {len(lost)} run(s): DOWN after {down_at - killed_at:.1f} s, "
+          f"resumed process started after {max(restarted_after):.1f} s, first new epoch after "
+          f"{max(training_after):.1f} s; work lost per run: at most {max(work_lost):.2f} s of the 1 s epoch in flight "
+          f"(kill took {all_dead_at - killed_at:.2f} s)")
+
+
+def _metrics(root: Path, sweep_id: str, run_id: str) -> list[dict]:
+    path = root / sweep_id / run_id / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_lost_node_runs_are_requeued_and_resume_elsewhere_from_their_checkpoint(tmp_path, slurm_multinode):
+    _node_loss(tmp_path, slurm_multinode, kill_launcher=False)
+
+
+def test_lost_node_without_requeue_runs_are_resubmitted_and_resume_elsewhere(tmp_path, slurm_multinode):
+    _node_loss(tmp_path, slurm_multinode, requeue=False)
+
+
+def test_launcher_killed_during_node_loss_reattaches_and_the_sweep_finishes(tmp_path, slurm_multinode):
+    _node_loss(tmp_path, slurm_multinode, kill_launcher=True)
+
+
+def test_stop_leaves_no_namespace_link_or_daemon(slurm_multinode_session):
+    """A second small multi-node cluster (own tag, subnet, ports, state folder) brought up, given a
+    running job, and stopped: nothing of it may remain; the other clusters are untouched."""
+    state = Path(f"/tmp/cloudsweep-slurm-stoptest-{os.getpid()}")  # not under pytest's 0700 tmp: mariadbd reads it
+    tag, environment = "cst", {**os.environ, "CLOUDSWEEP_MULTINODE_TAG": "cst", "CLOUDSWEEP_MULTINODE_NODES": "2",
+                               "CLOUDSWEEP_MULTINODE_SUBNET": "10.213.1", "CLOUDSWEEP_MULTINODE_PORT": "6837"}
+
+    def script(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(TEST_SLURM), "multinode", action, str(state)], capture_output=True,
+                              text=True, env=environment, timeout=300)
+
+    def ours(text: str) -> list[str]:
+        return [line for line in text.splitlines() if f"{tag}-" in line]
+
+    try:
+        started_at = time.monotonic()
+        started = script("start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        start_s = time.monotonic() - started_at
+        cluster = MultiNodeCluster(state, nodes=("node1", "node2"))
+        assert sorted(cluster.slurm("srun", "-N2", "hostname").split()) == ["node1", "node2"]
+        job = cluster.slurm("sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 300").strip()
+        namespaces = [f"{tag}-node1", f"{tag}-node2"]
+
+        def namespace_pids() -> set[int]:
+            return {int(pid) for ns in namespaces
+                    for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()}
+
+        def command_line(pid: int) -> str:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+            except OSError:
+                return ""
+
+        # squeue says RUNNING a moment before slurmd has started the job's processes: wait for the sleep.
+        wait_until(lambda: any(command_line(pid) == "sleep 300" for pid in namespace_pids()), 30,
+                   f"job {job}'s process in a node namespace")
+        pids = namespace_pids()
+        for pidfile in [*state.glob("pids/*.pid"), state / "mariadb-run" / "mariadb.pid"]:
+            pids.add(int(pidfile.read_text().strip()))
+        assert len(pids) >= 2 + 4  # two slurmds, slurmstepd + the job, slurmctld, slurmdbd, mariadbd
+        assert ours(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout)
+        stopped_at = time.monotonic()
+        stopped = script("stop")
+        stop_s = time.monotonic() - stopped_at
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert ours(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout) == []
+        assert ours(subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout) == []
+        assert "10.213.1." not in subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        assert alive == [], [Path(f"/proc/{pid}/cmdline").read_text() for pid in alive]
+        listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+        assert not any(f":{port} " in listening for port in (6837, 6839, 6840))
+        # The shared munged and the other clusters are still there.
+        assert slurm_multinode_session.node_states() and subprocess.run(["munge", "-n"], capture_output=True).returncode == 0
+        print(f"\n[stop test] start {start_s:.1f} s, stop {stop_s:.1f} s")
+    finally:
+        script("stop")
+        subprocess.run(["rm", "-rf", str(state)], check=False)
