@@ -163,9 +163,9 @@ def test_an_interrupted_and_resumed_run_is_one_wandb_run_with_each_step_once(off
             wait_until(lambda: run_id in offline_runs.runs and offline_runs.run(run_id).received_steps() == [1, 2],
                        90, "the killed process's two epochs at the fake", poll_s=0.1)
             os.kill(pid, signal.SIGKILL)
-            # --count 1: the agent is done after the crash, and the launcher says a run did not finish.
-            assert finish(first, log) == 1, log.read_text()
-            assert "run(s) that did not finish" in log.read_text()
+            # --count 1: the agent is done after the crash; the run is left to resume.
+            assert finish(first, log) == 0, log.read_text()
+            assert f"run {run_id} preempted" in log.read_text()
     finally:
         if first.poll() is None:
             first.kill()
