@@ -134,7 +134,9 @@ class Tracker:
         if self.tensorboard is not None:
             self.tensorboard.log(epoch, scalars)
         if self.wandb_run is not None:
-            self.wandb_run.log(dict(scalars), step=epoch)
+            # commit=True: with an explicit step W&B otherwise holds the row until the next step is
+            # logged, so each epoch would reach W&B (live, or a live sync) one epoch late.
+            self.wandb_run.log(dict(scalars), step=epoch, commit=True)
 
     def set_summary(self, values: Mapping[str, Any]) -> None:
         if self.wandb_run is not None:

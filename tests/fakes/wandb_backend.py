@@ -57,8 +57,10 @@ class FakeRun:
     state: str = "running"  # running | finished | failed | crashed | killed | preempted
     agent_id: str | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # as the run reported it (UpsertBucket)
+    group: str | None = None  # the W&B group the run reported (UpsertBucket groupName)
     history: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)  # line number -> row
     received: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # every history row, as sent
+    received_at: list[float] = dataclasses.field(default_factory=list)  # time.time() of each `received` row
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     files: dict[str, bytes] = dataclasses.field(default_factory=dict)  # uploaded run files
     preempting: bool = False
@@ -74,6 +76,10 @@ class FakeRun:
 
     def steps(self) -> list[int]:
         return [int(row["_step"]) for row in self.rows() if "_step" in row]
+
+    def received_steps(self) -> list[int]:
+        """`_step` of every history row the service was sent, in arrival order (repeats included)."""
+        return [int(row["_step"]) for row in self.received if "_step" in row]
 
     def metric_history(self, name: str) -> list[float]:
         return [float(row[name]) for row in self.rows() if isinstance(row.get(name), (int, float))]
@@ -107,6 +113,10 @@ class FakeWandbBackend:
         self.unknown_operations: list[str] = []
         self.errors: list[str] = []  # exceptions the fake raised while answering
         self.unauthenticated: list[str] = []  # requests that came without credentials
+        # While True every request is answered 503 (the service erroring or down behind its proxy);
+        # `refused` counts those answers, so a test can see that clients did try during the outage.
+        self.outage = False
+        self.refused = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -254,6 +264,8 @@ class FakeWandbBackend:
             run = self.runs[run_id] = FakeRun(id=run_id, sweep_id=variables.get("sweep"), project=project,
                                               entity=variables.get("entity") or self.entity)
         run.upserts += 1
+        if variables.get("groupName"):
+            run.group = variables["groupName"]
         if variables.get("config"):
             run.config = _config_values(json.loads(variables["config"]))
         if variables.get("summaryMetrics"):
@@ -357,6 +369,7 @@ class FakeWandbBackend:
                     row = json.loads(line)
                     run.history[int(history.get("offset") or 0) + index] = row
                     run.received.append(row)
+                    run.received_at.append(time.time())
             summary = files.get(SUMMARY_FILE)
             if summary and summary.get("content"):
                 run.summary = json.loads(summary["content"][-1])
@@ -424,8 +437,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse(self) -> bool:
+        """Answer 503 while the fake is in an outage (see FakeWandbBackend.outage)."""
+        with self.fake.lock:
+            if not self.fake.outage:
+                return False
+            self.fake.refused += 1
+        self._reply({"error": "fake outage"}, status=503)
+        return True
+
     def do_POST(self) -> None:
         body = self._body()
+        if self._refuse():
+            return
         path = self.path.split("?", 1)[0]
         if not self.headers.get("Authorization") and not path.startswith("/sdk/"):  # telemetry goes unsigned
             with self.fake.lock:
@@ -442,12 +466,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         body = self._body()
+        if self._refuse():
+            return
         parts = self.path.split("?", 1)[0].split("/")
         if len(parts) >= 4 and parts[1] == "fake-storage":
             self.fake.upload(parts[2], "/".join(parts[3:]), body)
         self._reply(b"")
 
     def do_GET(self) -> None:
+        if self._refuse():
+            return
         self._reply({})
 
 
