@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from harness import processes
 from harness.errors import HarnessError
 
 # `entity/project/sweep_id` or `project/sweep_id` (the account's default entity, as `wandb agent` takes
@@ -50,7 +51,6 @@ _SUMMARY_LINE = re.compile(
 _AGENT_PREFIX = re.compile(r"^\[agent [^\]]*\]\s*")
 # Exit codes that restarting cannot fix: 0 (the sweep is done or --count reached), 2 (a usage error).
 NO_RESTART_CODES = (0, 2)
-PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(HarnessError):
@@ -280,10 +280,7 @@ class Supervisor:
         return 1 if self.failed else 0
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stop_signal:
-            self._step()
-            time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+        processes.sleep_unless(seconds, lambda: self.stop_signal, tick_s=self.poll_s, each=self._step)
 
     def _start(self, agent: _Agent) -> None:
         slot = agent.slot
@@ -297,7 +294,7 @@ class Supervisor:
             log.flush()
             agent.process = subprocess.Popen(
                 list(slot.argv), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=processes.die_with_parent,
             )
         agent.restart_at = None
         gpu = f"GPU {slot.gpu}" if slot.gpu is not None else "CPU"
@@ -392,13 +389,3 @@ def _kill_group(process: subprocess.Popen | None, sig: int) -> None:
         os.killpg(process.pid, sig)  # the agent and its run (the agent leads its own session)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
