@@ -81,6 +81,9 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     supervisor = gpus_module.Supervisor(slots, stagger_s=stagger, max_restarts=max_restarts,
                                         echo=lambda line: click.echo(line, err=False))
     code = supervisor.run()
+    if code and not supervisor.stop_signal and supervisor.failed:
+        click.echo(f"[launch] failed: {len(supervisor.failed)} of {len(slots)} agent(s) ended abnormally "
+                   f"({', '.join(supervisor.failed)}); exit code {code}", err=True)
     if not code and not wandb:
         from harness.sweep.store import Store
 
