@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -446,3 +447,65 @@ def test_partitioned_node_keeps_its_lease_and_the_requeued_copy_backs_off(tmp_pa
           f"orphan killed by SLURM ({how}; its process gone {orphan_gone_at - link_up_at:.1f} s after link-up); new holder "
           f"{second['time'] - link_up_at:.1f} s after link-up on {second['host']}; finished "
           f"{finished_at - link_up_at:.1f} s after link-up; whole test {finished_at - started_at:.0f} s")
+
+
+def test_wandb_sweep_job_array_spreads_its_agents_over_the_nodes(tmp_path, slurm_multinode, synth_dir, prepared_cache,
+                                                                 monkeypatch):
+    """A W&B sweep on the multi-node cluster: `harness.launch --slurm local --agents 3 --sweep E/P/ID`
+    submits a job array of three real `wandb agent`s; SLURM places them on at least 2 nodes (2 GPUs
+    each) and every run (the real trainer) finishes against W&B. Only W&B's server is faked
+    (tests/fakes/wandb_backend.py: it cannot run here); it listens on the controller's bridge
+    address, so the agents in the nodes' network namespaces reach it as they would a site's server."""
+    from tests.fakes.wandb_backend import FakeWandbBackend
+    from tests.launch.test_wandb import agent_logs, finish, launcher, sweep_file, wandb_sweep
+
+    cluster = slurm_multinode
+    backend = FakeWandbBackend(host=cluster.controller_address).start()
+    sweep_id = None
+    try:
+        for key, value in backend.client_env(tmp_path / "wandb-home").items():
+            monkeypatch.setenv(key, value)
+        for key in ("WANDB_MODE", "WANDB_SILENT", "WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_DIR"):
+            monkeypatch.delenv(key, raising=False)
+        root = tmp_path / "runs"
+        values = [0.001, 0.003, 0.01]
+        file = sweep_file(tmp_path, synth_dir, prepared_cache, values={"learning_rate": values})
+        sweep_path = wandb_sweep(file, tmp_path)
+        sweep_id = sweep_path.rsplit("/", 1)[-1]
+        log = tmp_path / "launch.log"
+        started_at = time.time()
+        process = launcher(["--slurm", "local", "--agents", "3", "--sweep", sweep_path], root, log, tmp_path,
+                           env={"SLURM_CONF": str(cluster.conf)})
+        assert finish(process, log, 120) == 0, log.read_text()
+        listed = re.search(r"job array of 3 `wandb agent` task\(s\): (\S+)_0,", log.read_text())
+        assert listed, log.read_text()
+        array_job = listed.group(1)
+
+        def all_done() -> bool:
+            runs = backend.runs_of(sweep_id)
+            return len(runs) == len(values) and all(run.complete for run in runs)
+
+        wait_until(all_done, 300, f"the sweep's runs to finish ({log.read_text()})", poll_s=1.0)
+        finished_at = time.time()
+        runs = backend.runs_of(sweep_id)
+        assert sorted(run.config["learning_rate"] for run in runs) == values, agent_logs(root, sweep_path)
+        assert all(run.state == "finished" and run.exitcode == 0 and run.steps() == [1, 2] for run in runs)
+        agents = backend.sweeps[sweep_id].agents
+        hosts = {agents[run.agent_id]["host"] for run in runs}
+        assert hosts <= set(cluster.nodes) and len(hosts) >= 2, hosts  # each run's agent ran on a node...
+        # ...and SLURM's accounting agrees. Not waited for: the tasks' end. After the sweep was done,
+        # some `wandb agent`s logged "Running runs: []" and then hung in their exit (wandb 0.31.0's
+        # service teardown: "ConnectionResetError: Connection lost" in the one that did exit), so
+        # their tasks stayed RUNNING until cancelled (seen in 2 of 2 rounds here; see the report).
+        listing = cluster.slurm("sacct", "-X", "-n", "-P", "-o", "JobID,NodeList,AllocTRES", "-j", array_job)
+        nodes = {line.split("|")[0]: line.split("|")[1] for line in listing.splitlines() if line}
+        assert set(nodes) == {f"{array_job}_{index}" for index in range(3)}, listing
+        assert len(set(nodes.values())) >= 2 and set(nodes.values()) >= hosts, (nodes, hosts)
+        assert all("gres/gpu=1" in line for line in listing.splitlines() if line), listing
+        assert backend.errors == [] and backend.unknown_operations == []
+    finally:
+        if sweep_id is not None:
+            cluster.slurm("scancel", "--name", f"cs-wandb-{sweep_id}", check=False)  # the hung agents' tasks
+        backend.close()
+    print(f"\n[W&B array] 3 agents on {sorted(hosts)}: {len(runs)} runs finished "
+          f"{finished_at - started_at:.0f} s after the launch")
