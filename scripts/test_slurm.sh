@@ -343,7 +343,18 @@ stop() {
     # SLURM's daemons together, then what they use (accounting database, munge).
     stop_pidfiles "$STATE_DIR/pids/slurmd.pid:slurmd" "$STATE_DIR/pids/slurmctld.pid:slurmctld"
     stop_pidfiles "$STATE_DIR/pids/slurmdbd.pid:slurmdbd"
-    stop_pidfiles "$STATE_DIR/mariadb-run/mariadb.pid:mariadbd" "$MUNGE_PID:munged"
+    stop_pidfiles "$STATE_DIR/mariadb-run/mariadb.pid:mariadbd"
+    # munged is shared with the multi-node clusters: stopping it under a running one takes all its
+    # nodes down (every RPC fails authentication), so it stays while any of them runs.
+    local other
+    for other in "${CLOUDSWEEP_MULTINODE_STATE:-/tmp/cloudsweep-slurm-multinode}" /tmp/cloudsweep-slurm-*; do
+        if [[ "$other" != "$STATE_DIR" ]] && pid_alive "$other/pids/slurmctld.pid" slurmctld; then
+            log "munged left running: the multi-node cluster in $other uses it"
+            log "stopped"
+            return 0
+        fi
+    done
+    stop_pidfiles "$MUNGE_PID:munged"
     log "stopped"
 }
 

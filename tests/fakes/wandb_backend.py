@@ -104,8 +104,9 @@ class FakeWandbBackend:
                   "RunResumeStatus", "CreateRunFiles", "OrganizationCoreWeaveOrganizationID",
                   "ServerFeaturesQuery")
 
-    def __init__(self, entity: str = ENTITY) -> None:
+    def __init__(self, entity: str = ENTITY, host: str = "127.0.0.1") -> None:
         self.entity = entity
+        self.host = host  # the address it listens on (another one for clients in other network namespaces)
         self.lock = threading.RLock()
         self.sweeps: dict[str, FakeSweep] = {}
         self.runs: dict[str, FakeRun] = {}
@@ -127,7 +128,7 @@ class FakeWandbBackend:
         class Handler(_Handler):
             fake = backend
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-wandb", daemon=True)
         self._thread.start()
@@ -156,8 +157,8 @@ class FakeWandbBackend:
             "WANDB_DATA_DIR": str(home / ".local" / "share" / "wandb"),
             "WANDB_API_KEY": API_KEY,
             "WANDB_BASE_URL": self.url,
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
+            "NO_PROXY": f"{self.host},127.0.0.1,localhost",
+            "no_proxy": f"{self.host},127.0.0.1,localhost",
             # Stream history every second (default 15 s) so the fake's hyperband sees epochs soon.
             "WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL": "1",
         }

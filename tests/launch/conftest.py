@@ -77,6 +77,14 @@ class MultiNodeCluster:
         """os.environ plus this cluster's SLURM_CONF: for sbatch/sacct/squeue/scancel, submitit, launchers."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
+    @property
+    def controller_address(self) -> str:
+        """The controller's address on the nodes' bridge (what a node reaches the host at)."""
+        for line in self.conf.read_text().splitlines():
+            if line.startswith("AccountingStorageHost="):
+                return line.split("=", 1)[1].strip()
+        raise AssertionError(f"no AccountingStorageHost in {self.conf}")
+
     def slurm(self, *argv: str, check: bool = True) -> str:
         """A SLURM client command against this cluster; its stdout."""
         done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=60)
