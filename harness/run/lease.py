@@ -29,6 +29,13 @@ A lease held by someone else is broken only when its holder is provably gone or 
   against the `renewed` stamp and by the filesystem's clock (the file's mtime against a fresh probe
   file's), so a clock skew between hosts of up to skew_s cannot break a live lease.
 
+Every acquisition and release is also appended, inside the mutex, to `<run_dir>/lease.journal`
+(JSON lines: event acquired/released, token, host, pid, pid_start, time; an acquisition names the
+lease it broke, if any, and why). It is the folder's ownership history: the chaos test
+(tests/launch/test_chaos.py) checks from it that no two processes ever held one folder at once, and
+after an incident it says who trained there when. A release the journal lacks is a holder that
+died without one (kill -9, lost node); the next acquisition records why it broke that lease.
+
 Defaults: ttl DEFAULT_TTL_S (env HARNESS_LEASE_TTL_S), skew margin DEFAULT_SKEW_S (env
 HARNESS_LEASE_SKEW_S): a run whose node died can be taken over elsewhere after at most ttl + skew
 (90 s). A second trainer exits at once with EXIT_OWNED (75, EX_TEMPFAIL: "someone else owns it,
@@ -51,6 +58,7 @@ from harness import io
 from harness.errors import HarnessError
 
 LEASE_FILE = "lease.json"
+JOURNAL_FILE = "lease.journal"  # append-only ownership history (see the module docstring)
 MUTEX = ".lease.lock"
 EXIT_OWNED = 75  # sysexits EX_TEMPFAIL: the folder is someone else's; not this run's failure
 DEFAULT_TTL_S = 60.0
@@ -187,6 +195,8 @@ class Lease:
                         f"in a run folder (this one exits with code {EXIT_OWNED}; the lease is {run_dir / LEASE_FILE})",
                         current,
                     )
+            # Journalled before the lease file is written, so the recorded start is never late.
+            _journal(run_dir, "acquired", mine, broke=broke, previous=current.token if current is not None else None)
             io.atomic_write_json(run_dir / LEASE_FILE, dataclasses.asdict(mine))
         lease = cls(run_dir, mine, skew_s)
         if current is not None:
@@ -238,6 +248,8 @@ class Lease:
                 current = read(self.run_dir)
                 if current is not None and current.token == self.holder.token:
                     (self.run_dir / LEASE_FILE).unlink(missing_ok=True)
+                    # Journalled after the file is gone, so the recorded end is never early.
+                    _journal(self.run_dir, "released", self.holder)
         except (OSError, LeaseLost):
             pass
 
@@ -248,7 +260,24 @@ class Lease:
         self.release()
 
 
+def read_journal(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The folder's ownership history (`lease.journal`), oldest first; [] when there is none."""
+    return io.read_jsonl(Path(run_dir) / JOURNAL_FILE)
+
+
 # --- helpers ----------------------------------------------------------------------------------------
+def _journal(run_dir: Path, event: str, holder: Holder, **extra: Any) -> None:
+    """Append one line to the ownership journal: a single O_APPEND write (called under the mutex)."""
+    row = {"event": event, "token": holder.token, "host": holder.host, "pid": holder.pid,
+           "pid_start": holder.pid_start, "time": time.time(), **extra}
+    line = (io.jsonl_text([row])).encode()
+    descriptor = os.open(run_dir / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, line)
+    finally:
+        os.close(descriptor)
+
+
 class _mutex:
     """mkdir-based mutex around a lease read-modify-write (held for milliseconds)."""
 

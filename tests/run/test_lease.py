@@ -48,6 +48,29 @@ def test_a_dead_holder_on_this_host_is_broken_at_once(tmp_path):
     taken.release()
 
 
+def test_the_journal_records_each_acquisition_release_and_broken_lease_in_order(tmp_path):
+    first = lease.Lease.acquire(tmp_path)
+    with pytest.raises(lease.LeaseHeld):
+        lease.Lease.acquire(tmp_path)  # refused: not an acquisition, nothing journalled
+    first.release()
+    first.release()  # no longer ours: no second release row
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from harness.run import lease; "
+                              "lease.Lease.acquire(sys.argv[1]); print('held', flush=True); import time; time.sleep(60)",
+                              str(tmp_path)], stdout=subprocess.PIPE, text=True, env={**os.environ})
+    assert child.stdout.readline().strip() == "held"
+    child.kill()
+    child.wait()
+    second = lease.Lease.acquire(tmp_path)
+    second.release()
+    rows = lease.read_journal(tmp_path)
+    assert [(row["event"], row["pid"]) for row in rows] == [
+        ("acquired", os.getpid()), ("released", os.getpid()), ("acquired", child.pid),  # killed: no release
+        ("acquired", os.getpid()), ("released", os.getpid())]
+    assert rows[0]["token"] == rows[1]["token"] == first.holder.token and rows[0]["previous"] is None
+    assert rows[3]["previous"] == rows[2]["token"] and "is gone" in rows[3]["broke"]
+    assert [row["time"] for row in rows] == sorted(row["time"] for row in rows)
+
+
 def test_a_reused_pid_does_not_keep_a_lease(tmp_path):
     # Our own pid, but another start time: the process that took the lease is gone.
     mine = lease.Lease.acquire(tmp_path)
