@@ -195,7 +195,9 @@ class Chaos:
             if not jobs:
                 raise LookupError("no running job")
             job_id = self.rng.choice(jobs)
-            subprocess.run(["scancel", job_id], check=True, timeout=30)
+            cancelled = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=30)
+            if cancelled.returncode != 0:  # it ended between the store's row and scancel: pick again
+                raise LookupError(f"scancel {job_id}: {cancelled.stderr.strip()}")
             self.kills.append({"time": time.time(), "job_id": job_id, "kind": "job", "signal": "scancel"})
             return
         proc = self.victim(event.target)
@@ -340,5 +342,5 @@ def test_chaos_on_slurm_every_cell_finishes_once_with_exact_histories(tmp_path, 
     monkeypatch.setenv("HARNESS_SLURM_UNKNOWN_GRACE_S", "10")
     counts = {("scancel", 0): 3, ("job", KILL): 3, ("trainer", KILL): 3, ("launcher", KILL): 3, ("trainer", TERM): 1}
     figures = _run_chaos(tmp_path, synth_dir, prepared_cache, ["--slurm", "local", "--parallel", "2"],
-                         counts, gaps_s=(4.0, 8.0), first_s=15.0)
+                         counts, gaps_s=(3.0, 6.0), first_s=12.0)
     assert figures["kill9"] + figures["scancel"] >= 10
