@@ -246,8 +246,12 @@ def check_outcome(chaos: Chaos, monitor: Monitor, started: float) -> dict[str, A
     with Store(root) as store:
         runs = store.runs(sweep_id)
         sweep = store.get_sweep(sweep_id)
-    assert [run.state for run in runs] == ["finished"] * CELLS, [(run.id, run.state) for run in runs]
     cells = sorted((run.config["learning_rate"], run.config["seed"]) for run in runs)
+    histories = {run.id: [row["epoch"] for row in io.read_jsonl(root / sweep_id / run.id / "metrics.jsonl")] for run in runs}
+    # Counted before the checks below, so a failing round still prints what it found.
+    duplicates = (len(cells) - len(set(cells))) + sum(len(epochs) - len(set(epochs)) for epochs in histories.values())
+    print(f"[chaos] {len(runs)} runs, {duplicates} duplicate cell(s) or epoch row(s)", flush=True)
+    assert [run.state for run in runs] == ["finished"] * CELLS, [(run.id, run.state) for run in runs]
     assert cells == sorted(itertools.product(LEARNING_RATES, SEEDS))  # each grid cell exactly once
     assert sweep.state == "finished"
     epochs_started = 0
@@ -266,7 +270,7 @@ def check_outcome(chaos: Chaos, monitor: Monitor, started: float) -> dict[str, A
         epochs_started += len(EPOCH_LINE.findall((folder / "output.log").read_text()))
     kills = [kill for kill in chaos.kills if kill["signal"] in ("SIGKILL", "scancel")]
     figures = {
-        "seed": SEED, "wall_s": round(time.time() - started, 1), "runs_finished": len(runs), "duplicates": 0,
+        "seed": SEED, "wall_s": round(time.time() - started, 1), "runs_finished": len(runs), "duplicates": duplicates,
         "kill9": sum(kill["signal"] == "SIGKILL" for kill in chaos.kills),
         "scancel": sum(kill["signal"] == "scancel" for kill in chaos.kills),
         "sigterm": sum(kill["signal"] == "SIGTERM" for kill in chaos.kills),
@@ -306,7 +310,7 @@ def _run_chaos(tmp_path: Path, synth_dir: Path, prepared_cache: Path, launcher_a
         before()
         chaos.start_launcher(resume=False)
         chaos.play(schedule)
-        assert chaos.launcher.wait(timeout=400) == 0, chaos.log.read_text()[-5000:]
+        assert chaos.launcher.wait(timeout=600) == 0, chaos.log.read_text()[-5000:]
         wait_until(lambda: not processes(root), 60, "every process of the runs root to exit")
     finally:
         monitor.halt.set()
