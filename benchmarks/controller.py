@@ -95,10 +95,10 @@ def _paired(reference, value, repeats: int, after) -> tuple[float, float]:
 
 
 def bench_next_run(sizes: list[int], repeats: int) -> list[dict]:
-    from harness.sweep import controller
+    from harness.sweep import engine
     from harness.sweep.store import Store
 
-    sweeps = controller.load_engine()
+    sweeps = engine.load_engine()
     rng = random.Random(0)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -109,8 +109,8 @@ def bench_next_run(sizes: list[int], repeats: int) -> list[dict]:
                 sweep_id = store.create_sweep(spec)
                 _fill(store, sweep_id, _configs(method, size, rng), rng)
                 runs = store.runs(sweep_id)
-                engine_runs = controller.engine_runs(runs, METRIC["name"], max_attempts=5)
-                controller.propose(spec, runs)  # warm caches once
+                engine_runs = engine.engine_runs(runs, METRIC["name"], max_attempts=5)
+                engine.propose(spec, runs)  # warm caches once
                 claimed = []
 
                 def claim() -> None:

@@ -5,6 +5,8 @@ Cases (batch 8, UNet with 8 base filters and depth 4, Adam, bce_dice, the run's 
   time, with the median and the CPU time in the note). The reference
   is the same step compiled with XLA (`jit_compile=True`), measured in the same run at 128x192 only
   (at 384x576 XLA on CPU takes minutes); ratio = XLA time / default time (>1: leaving XLA off wins).
+- the same 128x192 step with the presence head (`presence_head: true`: the head on the bottleneck, the
+  presence loss and metrics); reference = the step without it, ratio = with / without (the head's cost).
 - checkpoint save (`harness.run.checkpoint.save_checkpoint`: weights + optimizer state + state.json,
   fsync'd, renamed atomically) and the best-model save (`stage_best` + `commit_best`, a full .keras
   file), at 384x576. The reference is one train step at that size: ratio = step time / save time, so
@@ -29,18 +31,17 @@ FILTERS = 8
 DEPTH = 4
 
 
-def _compiled_model(size: tuple[int, int], jit_compile: bool = False):
+def _compiled_model(size: tuple[int, int], jit_compile: bool = False, presence_head: bool = False):
     import keras
 
+    from harness import config as config_module
     from harness.model.unet import build_unet
     from harness.run import losses
 
     keras.utils.set_random_seed(0)
-    model = build_unet((*size, 3), filters=FILTERS, depth=DEPTH)
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss=losses.get_loss("bce_dice"),
-        metrics=losses.metric_objects(0.5), jit_compile=jit_compile,
-    )
+    model = build_unet((*size, 3), filters=FILTERS, depth=DEPTH, presence_head=presence_head)
+    config = config_module.Config(loss="bce_dice", presence_head=presence_head)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile, **losses.compile_arguments(config))
     return model
 
 
@@ -60,6 +61,8 @@ def step_seconds(model, size: tuple[int, int], steps: int) -> dict[str, float]:
     make a step slower. CPU time (all threads) shows the work itself.
     """
     images, masks = _batch(size)
+    if len(model.outputs) > 1:
+        masks = {name: masks for name in model.output_names}  # the presence head derives its target from the mask
     model.train_on_batch(images, masks)  # traces the step function
     walls, cpus = [], []
     for _ in range(steps):
@@ -99,6 +102,13 @@ def run(quick: bool = False) -> list[dict]:
     xla_step = step_seconds(_compiled_model(small, jit_compile=True), small, 2)
     rows.append(_row("train step 128x192 b8 f8", small_step["best"], xla_step["best"], xla_step["best"] / small_step["best"],
                      f"reference: the same step with jit_compile=True (XLA); {_spread(small_step)}; {load}"))
+
+    headed = _compiled_model(small, presence_head=True)
+    headed_step = step_seconds(headed, small, steps)
+    rows.append(_row("train step 128x192 b8 f8 + presence head", headed_step["best"], small_step["best"],
+                     headed_step["best"] / small_step["best"],
+                     f"reference: the step without the head; {headed.count_params()} parameters vs "
+                     f"{_compiled_model(small).count_params()}; {_spread(headed_step)}"))
 
     large_model = _compiled_model(large)
     large_step = step_seconds(large_model, large, steps)

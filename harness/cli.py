@@ -6,22 +6,9 @@ modules import nothing heavy at import time, so `harness --help` is instant.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from harness.errors import HarnessError
-
-
-class HarnessGroup(click.Group):
-    """Turns a `HarnessError` (bad file, row, key or value) into one line on stderr and exit code 2."""
-
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except HarnessError as error:
-            click.echo(f"error: {error}", err=True)
-            ctx.exit(error.exit_code)
+from harness.commandline import HarnessGroup
 
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,15 +30,6 @@ def _register() -> None:
 
 
 _register()
-
-
-def run_main(command: click.Command, argv: list[str] | None = None) -> None:
-    """Run a click command as a program (for `python -m harness.<x>`), with the same error handling."""
-    try:
-        command.main(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)
-    except HarnessError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ from typing import Any, Iterable, Mapping
 
 from harness.errors import ConfigError
 
-OPTIMIZERS = ("adam", "nadam", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop")
+# Learning-rate schedules over the run's optimizer steps (built in harness.run.optim).
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+# How the mask loss weighs its (image, class) pairs (harness.run.losses.MaskLoss).
+LOSS_WEIGHTINGS = ("none", "present")
 LOSSES = ("bce", "dice", "bce_dice", "jaccard", "bce_jaccard")
 MODELS = ("unet", "sm_unet_resnet34")
 # Named augmentation pipelines (built in harness.data.augment; a test keeps the two in step).
@@ -28,6 +32,12 @@ MONITOR_MODES = ("max", "min")
 # Per-epoch metrics a training run logs (to metrics.jsonl, TensorBoard and W&B); sweep lints read this.
 TRAIN_METRICS = ("loss", "dice_coef", "kaggle_dice")
 LOGGED_METRICS = TRAIN_METRICS + tuple(f"val_{name}" for name in TRAIN_METRICS) + ("lr", "epoch")
+# Logged in addition when presence_head is on: the two parts of `loss` (= mask_loss + presence_loss_weight *
+# presence_loss) and the presence classifier's accuracy (logit > 0) and ROC AUC over the (image, class) pairs.
+PRESENCE_TRAIN_METRICS = ("mask_loss", "presence_loss", "presence_accuracy", "presence_auc")
+PRESENCE_METRICS = PRESENCE_TRAIN_METRICS + tuple(f"val_{name}" for name in PRESENCE_TRAIN_METRICS)
+# Every metric name a run can log (valid `monitor` values; presence ones need presence_head).
+METRIC_NAMES = LOGGED_METRICS + PRESENCE_METRICS
 
 # Arguments of `python -m harness.train` that say where/which run this is, not how to train it.
 CONTROL_KEYS = ("config", "run_id", "root", "sweep_id", "restart")
@@ -49,12 +59,18 @@ class Config:
     dropout: float = 0.2  # after each pooling and each up-sampling block
     batchnorm: bool = True  # batch normalisation before each ReLU
     encoder_weights: str = ""  # sm_unet_resnet34 only: a local ImageNet weights file; empty: from scratch
+    presence_head: bool = False  # add a per-class presence classifier on the bottleneck (outputs "mask", "presence" logits)
+    presence_loss_weight: float = 0.5  # presence_head only: loss = mask loss + this * presence BCE
     # --- optimisation ---------------------------------------------------------------------------
     epochs: int = 20  # epochs to train (a resumed run continues up to this)
     batch_size: int = 32
     learning_rate: float = 1e-3
-    optimizer: str = "adam"  # adam | nadam | sgd | rmsprop
+    optimizer: str = "adam"  # adam | adamw | nadam | sgd | rmsprop
+    weight_decay: float = 1e-4  # adamw only: decoupled weight decay
+    lr_schedule: str = "constant"  # constant | cosine (warmup, then cosine to 0) | onecycle (30% warmup from lr/25)
+    warmup_epochs: float = 0.0  # cosine only: epochs of linear warmup from 0 to learning_rate
     loss: str = "bce_dice"  # bce | dice | bce_dice | jaccard | bce_jaccard
+    loss_weighting: str = "none"  # none | present (Dice/Jaccard part over the pairs whose class is present)
     steps_per_epoch: int = 0  # cap on training batches per epoch; 0: the whole training split
     validation_steps: int = 0  # cap on validation batches; 0: the whole validation split
     monitor: str = "val_dice_coef"  # metric that picks best.keras and drives the callbacks below
@@ -86,7 +102,21 @@ class Config:
         _check_choice("model", self.model, MODELS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
         _check_choice("monitor_mode", self.monitor_mode, MONITOR_MODES)
-        _check_choice("monitor", self.monitor, LOGGED_METRICS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        _check_choice("monitor", self.monitor, METRIC_NAMES)
+        if self.monitor in PRESENCE_METRICS and not self.presence_head:
+            raise ConfigError(f"config key 'monitor' = {self.monitor!r} is logged only with presence_head: true")
+        if self.lr_patience > 0 and self.lr_schedule != "constant":
+            raise ConfigError(
+                f"config keys 'lr_patience' = {self.lr_patience} and 'lr_schedule' = {self.lr_schedule!r} do not combine: "
+                "LR-on-plateau needs lr_schedule: constant (or set lr_patience: 0)"
+            )
+        if self.loss_weighting == "present" and self.loss not in ("bce_dice", "bce_jaccard"):
+            raise ConfigError(
+                f"config key 'loss_weighting' = 'present' needs loss bce_dice or bce_jaccard (the BCE part still "
+                f"sees the empty pairs), got loss = {self.loss!r}"
+            )
         height, width = self.image_hw
         if self.depth < 1 or self.depth > 7:
             raise ConfigError(f"config key 'depth' must be between 1 and 7, got {self.depth}")
@@ -113,6 +143,12 @@ class Config:
             raise ConfigError(f"config key 'learning_rate' must be > 0, got {self.learning_rate}")
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"config key 'lr_factor' must be in (0, 1), got {self.lr_factor}")
+        if not self.presence_loss_weight >= 0.0:
+            raise ConfigError(f"config key 'presence_loss_weight' must be >= 0, got {self.presence_loss_weight}")
+        if not self.weight_decay >= 0.0:
+            raise ConfigError(f"config key 'weight_decay' must be >= 0, got {self.weight_decay}")
+        if not self.warmup_epochs >= 0.0:
+            raise ConfigError(f"config key 'warmup_epochs' must be >= 0, got {self.warmup_epochs}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"config key 'threshold' must be in (0, 1), got {self.threshold}")
         return self

@@ -63,6 +63,7 @@ def _make_class() -> type:
             seed: int = 0,
             workers: int = 1,
             max_batches: int | None = None,
+            target_names: Sequence[str] = (),
         ) -> None:
             super().__init__(workers=max(1, int(workers)), use_multiprocessing=False)
             self.cache = cache
@@ -76,6 +77,9 @@ def _make_class() -> type:
             self.shuffle = shuffle
             self.seed = int(seed)
             self.max_batches = int(max_batches) if max_batches else None
+            # A model with several outputs (the presence head) gets y as {name: masks} for each name: the
+            # same array, from which each output's loss derives its own target.
+            self.target_names = tuple(target_names)
             self._pipelines = threading.local()  # albumentations pipelines keep state: one per thread
             augment_module.build(augment)  # fail now, on the caller's thread, for an unknown name
             self.epoch = 0
@@ -89,7 +93,7 @@ def _make_class() -> type:
             batches = math.ceil(self.indices.size / self.batch_size)
             return min(batches, self.max_batches) if self.max_batches else batches
 
-        def __getitem__(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        def __getitem__(self, batch_index: int) -> tuple[np.ndarray, Any]:
             if not 0 <= batch_index < len(self):
                 raise IndexError(f"batch {batch_index} out of range (0..{len(self) - 1})")
             chosen = self._order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
@@ -108,6 +112,8 @@ def _make_class() -> type:
                     image, mask = out["image"], out["mask"]
                 images[slot] = image
                 masks[slot] = mask  # uint8 -> float32 in the copy itself
+            if self.target_names:
+                return standardize(images), {name: masks for name in self.target_names}
             return standardize(images), masks
 
         def on_epoch_end(self) -> None:
@@ -214,6 +220,8 @@ def make_datasets(config: Any) -> Datasets:
     cache = open_or_prepare(config)
     train_idx, val_idx = split_module.split_indices(cache.presence, config.val_fraction, config.seed)
     dataset_class = __getattr__("CloudDataset")
+    # The presence head's output names (harness.model.heads); its target is derived from the mask.
+    target_names = ("mask", "presence") if getattr(config, "presence_head", False) else ()
     train = dataset_class(
         cache,
         train_idx,
@@ -223,6 +231,7 @@ def make_datasets(config: Any) -> Datasets:
         seed=config.seed,
         workers=config.workers,
         max_batches=config.steps_per_epoch or None,
+        target_names=target_names,
     )
     val = dataset_class(
         cache,
@@ -233,5 +242,6 @@ def make_datasets(config: Any) -> Datasets:
         seed=config.seed,
         workers=config.workers,
         max_batches=config.validation_steps or None,
+        target_names=target_names,
     )
     return Datasets(train=train, val=val, cache=cache, train_idx=train_idx, val_idx=val_idx)

@@ -149,7 +149,7 @@ def _unsuccessful_exit(store, sweep_id: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m harness.launch`: the same command, with HarnessError -> exit 2."""
-    from harness.cli import run_main
+    from harness.commandline import run_main
 
     run_main(launch_command, argv)
 

@@ -9,10 +9,10 @@ Runs held by the SLURM launcher (agent `slurm`) are left alone: it re-attaches t
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Callable
 
+from harness import processes
 from harness.sweep.store import DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
 
 
@@ -28,7 +28,7 @@ def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
     for run in store.runs(sweep_id, states=("pending", "running")):
         if run.agent == "slurm" or run.host not in (None, host):
             continue  # SLURM jobs are re-attached to; runs of other machines are theirs to judge
-        if _alive(run.pid) or _alive(_agent_pid(run.agent, host)):
+        if processes.pid_alive(run.pid) or processes.pid_alive(_agent_pid(run.agent, host)):
             continue
         store.finish_run(run.id, "crashed", agent=run.agent, own_failure=False)  # its holder is gone
         crashed.append(run.id)
@@ -51,19 +51,3 @@ def _agent_pid(agent: str | None, host: str) -> int | None:
         return None
     agent_host, _, pid = agent.rpartition(":")
     return int(pid) if agent_host == host and pid.isdigit() else None
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited already
-        with open(f"/proc/{pid}/stat") as stat:
-            return not stat.read().split(") ", 1)[-1].startswith("Z")
-    except OSError:
-        return True

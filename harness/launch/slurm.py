@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import processes
 from harness.launch import jobs
 from harness.launch.gpus import LaunchError, sweep_folder_name
 from harness.launch.profiles import Profile
@@ -158,7 +159,7 @@ class SlurmController:
         self._held_back: dict[str, str] = {}  # run id -> lease token already reported as holding it
         self.claimed = 0
         self.job_failures = 0  # jobs in a row that ended without ever starting their run
-        self.stop_signal: int | None = None
+        self.signals = processes.SignalFlag((signal.SIGINT, signal.SIGTERM))
         self._executor = None
         self.max_in_flight_seen = 0
         self.outage_since: float | None = None  # the scheduler has not answered since then
@@ -168,13 +169,12 @@ class SlurmController:
     # -- public ------------------------------------------------------------------------------------
     def run(self) -> int:
         """Drive the sweep until it is over (0), detached by a signal (128+N) or jobs keep failing (1)."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.signals.install()
         try:
             self.reattach()
             code = self._loop()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.signals.restore()
         if self.stop_signal:
             ids = ", ".join(item.job.job_id for item in self.in_flight.values()) or "none"
             self.echo(f"[slurm] detached; {len(self.in_flight)} job(s) keep running ({ids}). Re-attach with the same "
@@ -379,10 +379,10 @@ class SlurmController:
     def _hyperband(self, sweep: Any) -> None:
         if not sweep.spec.get("early_terminate") or not self.in_flight:
             return
-        from harness.sweep import controller
+        from harness.sweep import engine
 
         try:
-            to_stop = controller.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
+            to_stop = engine.runs_to_stop(sweep.spec, self.store.runs(self.sweep_id))
         except ValueError as error:
             self.echo(f"[slurm] early_terminate ignored: {error}")
             return
@@ -537,13 +537,13 @@ class SlurmController:
         summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
         self.echo(f"[slurm] sweep {self.sweep_id} is {status.outcome(sweep, counts)}: {summary or 'no runs'}")
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.stop_signal = self.stop_signal or signum
+    @property
+    def stop_signal(self) -> int | None:
+        """The first signal that asked the launcher to detach (None: none yet)."""
+        return self.signals.first
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.stop_signal:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        processes.sleep_unless(seconds, lambda: self.signals.count)
 
 
 def job_states(job_ids: list[str]) -> dict[str, str] | None:

@@ -17,7 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def build_model(config: "Config") -> "keras.Model":
-    """The uncompiled model of `config`: input (H, W, 3) standardised images, output 4 sigmoid maps."""
+    """The uncompiled model of `config`: input (H, W, 3) standardised images, output 4 sigmoid maps.
+
+    With `presence_head`: outputs {"mask": 4 logit maps, "presence": 4 logits} (harness.model.heads).
+    """
     height, width = config.image_hw
     input_shape = (height, width, 3)
     if config.model == "unet":
@@ -30,12 +33,15 @@ def build_model(config: "Config") -> "keras.Model":
             dropout=config.dropout,
             batchnorm=config.batchnorm,
             classes=len(CLASSES),
+            presence_head=config.presence_head,
         )
     if config.model == "sm_unet_resnet34":
         # The library model lives with the evaluation area (extra dependencies, imported only here).
         from harness.model import library
 
-        return library.build_sm_unet_resnet34(input_shape, config.encoder_weights or None)
+        return library.build_sm_unet_resnet34(
+            input_shape, config.encoder_weights or None, presence_head=config.presence_head, presence_dropout=config.dropout
+        )
     raise ConfigError(f"config key 'model' = {config.model!r} is not one of: unet, sm_unet_resnet34")
 
 
@@ -44,6 +50,7 @@ def describe_model(config: "Config") -> str:
     if config.model == "sm_unet_resnet34":
         from harness.model import library
 
-        return f"sm_unet_resnet34 (segmentation_models UNet, ResNet34 encoder); {library.describe_weights(config.encoder_weights)}"
+        head = ", presence head" if config.presence_head else ""
+        return f"sm_unet_resnet34 (segmentation_models UNet, ResNet34 encoder{head}); {library.describe_weights(config.encoder_weights)}"
     return (f"unet ({config.depth} levels, {config.filters} base filters, "
-            f"batchnorm {'on' if config.batchnorm else 'off'}); trained from scratch")
+            f"batchnorm {'on' if config.batchnorm else 'off'}{', presence head' if config.presence_head else ''}); trained from scratch")

@@ -33,10 +33,19 @@ def describe_weights(weights_path: str | os.PathLike[str] | None = "") -> str:
     return f"encoder_weights: {Path(weights_path).expanduser().absolute()} (ImageNet, local file)"
 
 
+# The encoder's last layer (ResNet34's final batch norm + ReLU, 1/32 resolution, 512 channels): the
+# presence head reads it.
+ENCODER_OUTPUT = "relu1"
+
+
 def build_sm_unet_resnet34(
-    input_shape: tuple[int, int, int], weights_path: str | os.PathLike[str] | None = ""
+    input_shape: tuple[int, int, int], weights_path: str | os.PathLike[str] | None = "", presence_head: bool = False,
+    presence_dropout: float = 0.2,
 ) -> "keras.Model":
     """segmentation_models 1.0.1 `Unet('resnet34')`: 4 sigmoid classes, uncompiled.
+
+    With `presence_head`: the decoder ends in logits (`final_conv`, no sigmoid) and the model's outputs
+    are {"mask": those logits, "presence": the head on the encoder's last layer}.
 
     `weights_path` empty or None: random initialisation. Otherwise a local HDF5 file of ImageNet encoder
     weights, loaded by layer name; a file that matches no encoder layer is an error, not a silent
@@ -56,11 +65,24 @@ def build_sm_unet_resnet34(
         BACKBONE,
         input_shape=(height, width, int(input_shape[2])),
         classes=4,
-        activation="sigmoid",
+        activation="linear" if presence_head else "sigmoid",
         encoder_weights=None,
     )
     if weights_file is not None:
         load_encoder_weights(model, weights_file)
+    if presence_head:
+        import keras
+
+        from harness.model import heads
+
+        # Keras names a model's outputs after the layers that make them: an identity layer named "mask".
+        mask_logits = keras.layers.Activation("linear", dtype="float32", name=heads.MASK_OUTPUT)(
+            model.get_layer("final_conv").output
+        )
+        model = heads.two_output_model(
+            model.input, mask_logits, model.get_layer(ENCODER_OUTPUT).output,
+            classes=4, dropout=presence_dropout, name="sm_unet_resnet34_presence",
+        )
     return model
 
 

@@ -11,6 +11,9 @@ Layer names are predictable so tests, plots and the evaluation can find them:
 `bottleneck_conv{i}`, `bottleneck_bn{i}`, `bottleneck_relu{i}`, `dec{level}_up`, `dec{level}_upconv`,
 `dec{level}_concat`, `dec{level}_drop`, `dec{level}_conv{i}`, `dec{level}_bn{i}`, `dec{level}_relu{i}`
 and `output`. Levels count from 1 (full resolution) to `depth`; `i` is 1 or 2.
+
+With `presence_head` (harness.model.heads) the 1x1 convolution gives logits and is named `mask`, and
+the head on the bottleneck gives the `presence` logits: the model's two outputs.
 """
 
 from __future__ import annotations
@@ -44,9 +47,15 @@ def build_unet(
     batchnorm: bool = True,
     classes: int = 4,
     name: str = "unet",
+    presence_head: bool = False,
 ) -> "keras.Model":
-    """The UNet of the reference report (uncompiled): (H, W, C) float32 -> (H, W, classes) sigmoid."""
+    """The UNet of the reference report (uncompiled): (H, W, C) float32 -> (H, W, classes) sigmoid.
+
+    With `presence_head`: outputs {"mask": (H, W, classes) logits, "presence": (classes,) logits}.
+    """
     import keras
+
+    from harness.model import heads
 
     if depth < 1:
         raise ConfigError(f"config key 'depth' must be >= 1, got {depth}")
@@ -65,6 +74,7 @@ def build_unet(
         tensor = keras.layers.Dropout(dropout, name=f"enc{level}_drop")(tensor)
 
     tensor = _conv_block(tensor, filters * 2**depth, batchnorm, prefix="bottleneck")
+    bottleneck = tensor
 
     for level in range(depth, 0, -1):
         level_filters = filters * 2 ** (level - 1)
@@ -78,6 +88,9 @@ def build_unet(
         tensor = _conv_block(tensor, level_filters, batchnorm, prefix=f"dec{level}")
 
     # float32 output even under a mixed-precision policy: the losses and metrics want it.
+    if presence_head:
+        mask_logits = keras.layers.Conv2D(classes, 1, dtype="float32", name=heads.MASK_OUTPUT)(tensor)
+        return heads.two_output_model(inputs, mask_logits, bottleneck, classes, dropout, name)
     outputs = keras.layers.Conv2D(classes, 1, activation="sigmoid", dtype="float32", name="output")(tensor)
     return keras.Model(inputs, outputs, name=name)
 

@@ -24,7 +24,6 @@ on resume a staged file is promoted only if the checkpoint in force names its ep
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil

@@ -48,6 +48,8 @@ def config_markdown() -> str:
         "",
         f"Metrics a run logs (valid `monitor` values): {', '.join(f'`{name}`' for name in config_module.LOGGED_METRICS)}.",
         "",
+        f"With `presence_head: true` also: {', '.join(f'`{name}`' for name in config_module.PRESENCE_METRICS)}.",
+        "",
     ]
     return "\n".join(lines)
 

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import io
+from harness import io, processes
 from harness.errors import HarnessError
 
 LEASE_FILE = "lease.json"
@@ -131,7 +131,7 @@ def holder_process_alive(holder: Holder) -> bool | None:
         return None
     if holder.boot_id and _boot_id() and holder.boot_id != _boot_id():
         return False  # the machine rebooted since: every process of that boot is gone
-    start = _process_start(holder.pid)
+    start = processes.process_start(holder.pid)
     if start is None:
         return False
     return holder.pid_start is None or start == holder.pid_start
@@ -183,7 +183,8 @@ class Lease:
         skew_s = default_skew_s() if skew_s is None else float(skew_s)
         now = time.time()
         mine = Holder(token=secrets.token_hex(8), host=socket.gethostname(), pid=os.getpid(),
-                      pid_start=_process_start(os.getpid()), boot_id=_boot_id(), started=now, renewed=now, ttl_s=ttl_s)
+                      pid_start=processes.process_start(os.getpid()), boot_id=_boot_id(), started=now, renewed=now,
+                      ttl_s=ttl_s)
         with _mutex(run_dir):
             current = read(run_dir)
             broke = None
@@ -330,19 +331,6 @@ def _filesystem_age(path: Path) -> float | None:
     finally:
         probe.unlink(missing_ok=True)
     return now - modified
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if it is
-    not running or is a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(") ", 1)[-1].split()
-    if fields[0] in ("Z", "X"):  # exited, not yet reaped: it holds nothing any more
-        return None
-    return fields[19]
 
 
 def _boot_id() -> str | None:

@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from harness import config as config_module
 from harness import io
@@ -243,11 +243,8 @@ def _train_owned(config: Config, run_dir: Path, run_id: str, sweep_id: str | Non
 
             tf.config.experimental.enable_op_determinism()
         model = build_model(config)
-        model.compile(
-            optimizer=make_optimizer(config),
-            loss=losses.get_loss(config.loss),
-            metrics=losses.metric_objects(config.threshold),
-        )
+        # The LR schedule (if any) spans epochs * batches per epoch; losses and metrics follow presence_head.
+        model.compile(optimizer=make_optimizer(config, len(datasets.train)), **losses.compile_arguments(config))
         restored = checkpoint_module.restore_weights(run_dir, model)
         state = restored or checkpoint_module.TrainState(learning_rate=config.learning_rate)
         checkpoint_module.recover_best(run_dir, restored)
@@ -284,7 +281,7 @@ def _train_owned(config: Config, run_dir: Path, run_id: str, sweep_id: str | Non
             validation_data=datasets.val,
             epochs=config.epochs,
             initial_epoch=state.epoch,
-            callbacks=[make_log_extras(config.monitor), *controllers, run_callback],
+            callbacks=[losses.metric_aliases(config), make_log_extras(config.monitor), *controllers, run_callback],
             shuffle=False,  # the dataset shuffles itself, per epoch, from the seed
             verbose=_verbosity(verbose),
         )
@@ -358,18 +355,11 @@ def skip_first_batches(model: Any, dataset: Any, epoch: int, count: int) -> None
     model.train_function = train_function
 
 
-def make_optimizer(config: Config):
-    import keras
+def make_optimizer(config: Config, steps_per_epoch: int = 1):
+    """The optimizer of `config` (harness.run.optim: AdamW, LR schedules)."""
+    from harness.run import optim
 
-    optimizers: dict[str, Callable[..., Any]] = {
-        "adam": keras.optimizers.Adam,
-        "nadam": keras.optimizers.Nadam,
-        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9),
-        "rmsprop": keras.optimizers.RMSprop,
-    }
-    if config.optimizer not in optimizers:
-        raise ConfigError(f"config key 'optimizer' = {config.optimizer!r} is not one of: {', '.join(optimizers)}")
-    return optimizers[config.optimizer](learning_rate=config.learning_rate)
+    return optim.make_optimizer(config, steps_per_epoch)
 
 
 def make_controllers(config: Config, state: checkpoint_module.TrainState) -> list:
@@ -663,7 +653,7 @@ def _restore_metric_sums(model: Any, sums: list[Any], run_dir: Path) -> None:
         variable.assign(np.asarray(value, dtype=variable.dtype).reshape(variable.shape))
 
 
-_LOGGED = tuple(name for name in config_module.LOGGED_METRICS if name not in ("lr", "epoch"))
+_LOGGED = tuple(name for name in config_module.METRIC_NAMES if name not in ("lr", "epoch"))
 
 
 def _improved(value: Any, best: float | None, mode: str) -> bool:

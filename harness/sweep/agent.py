@@ -33,40 +33,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from harness import processes
 from harness.run import lease as lease_module
-from harness.sweep import controller, spec as sweep_spec
+from harness.sweep import controller, engine, spec as sweep_spec
 from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_STALE_AFTER_S = 120.0
 DEFAULT_POLL_S = 0.5
 DEFAULT_KILL_GRACE_S = 120.0
-
-
-class _Signals:
-    """Counts SIGTERM/SIGINT received, so the loop can forward them instead of dying mid-write."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.last: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave signals to whoever owns them
-                return
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        self.last = signum
 
 
 def run_agent(
@@ -94,8 +71,7 @@ def run_agent(
     agent = f"{host}:{os.getpid()}"
     gpu = gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
     say = echo or (lambda line: print(f"[agent {agent}] {line}", file=sys.stderr, flush=True))
-    signals = _Signals()
-    signals.install()
+    signals = processes.SignalFlag().install()
     done = 0
     waiting_said = ""
     try:
@@ -114,7 +90,8 @@ def run_agent(
                     say(f"waiting: {reason}")
                     waiting_said = reason
                 # Idle agents poll slowly (each poll is a claim), but often enough to catch a stale run soon.
-                _sleep(max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4)), signals)
+                idle_s = max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4))
+                processes.sleep_unless(idle_s, lambda: signals.count)
                 continue
             waiting_said = ""
             done += 1
@@ -145,7 +122,7 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
     return None
 
 
-def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: _Signals,
+def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: processes.SignalFlag,
              say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float) -> str | None:
     """Start, watch and record one run; returns its final state (None if another agent or process owns it)."""
     folder = controller.run_dir(store.root, sweep.id, run.id)
@@ -165,7 +142,7 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
         try:
             child = subprocess.Popen(argv, cwd=cwd, env=_child_env(sweep.id, run.id, store.root, gpu),
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent())
+                                     start_new_session=True, preexec_fn=processes.die_with_parent)
         except OSError as error:
             log.write(f"cannot start the run: {error}\n".encode())
             store.finish_run(run.id, "failed", exit_code=127, agent=agent)
@@ -184,7 +161,7 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
         # The child found the folder's lease held by another live process and touched nothing.
         store.release_run(run.id, agent)
         say(f"run {run.id}: its folder is another process's (exit {exit_code}): given back, no attempt spent")
-        _sleep(min(5.0, kill_grace_s), signals)  # do not claim it straight back
+        processes.sleep_unless(min(5.0, kill_grace_s), lambda: signals.count)  # do not claim it straight back
         return None
     state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
                                    preempt_requested=watch.forwarded)
@@ -201,7 +178,8 @@ class _Watch:
     """Heartbeats, metrics and stop requests for one running child."""
 
     def __init__(self, store: Store, sweep: Sweep, run: Run, agent: str, child: subprocess.Popen,
-                 signals: _Signals, say: Callable[[str], None], *, heartbeat_s: float, kill_grace_s: float) -> None:
+                 signals: processes.SignalFlag, say: Callable[[str], None], *, heartbeat_s: float,
+                 kill_grace_s: float) -> None:
         self.store, self.sweep, self.run, self.agent, self.child = store, sweep, run, agent, child
         self.signals, self.say = signals, say
         self.heartbeat_s, self.kill_grace_s = heartbeat_s, kill_grace_s
@@ -250,7 +228,7 @@ class _Watch:
 
     def _hyperband(self) -> None:
         try:
-            to_stop = controller.runs_to_stop(self.sweep.spec, self.store.runs(self.sweep.id))
+            to_stop = engine.runs_to_stop(self.sweep.spec, self.store.runs(self.sweep.id))
         except ValueError as error:  # a malformed early_terminate section: report once, carry on
             self.say(f"early_terminate ignored: {error}")
             spec = {key: value for key, value in self.sweep.spec.items() if key != "early_terminate"}
@@ -306,27 +284,8 @@ def _child_env(sweep_id: str, run_id: str, root: Path, gpu: str | None) -> dict[
     return env
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGTERM the child when the agent dies (prctl PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-
-    return preexec
-
-
 def _wait_for_previous_process(store: Store, run: Run, agent: str, folder: Path, grace_s: float, heartbeat_s: float,
-                               signals: _Signals, say: Callable[[str], None]) -> bool:
+                               signals: processes.SignalFlag, say: Callable[[str], None]) -> bool:
     """Before (re)starting a run, make sure no other process trains in its folder; False: do not start.
 
     The folder's lease names its holder. On this host a live holder (the previous attempt, still
@@ -345,14 +304,14 @@ def _wait_for_previous_process(store: Store, run: Run, agent: str, folder: Path,
     if lease_module.holder_process_alive(holder) is None:
         store.release_run(run.id, agent)
         say(f"run {run.id}: its folder is held by {holder.describe()}: given back, no attempt spent")
-        _sleep(min(5.0, grace_s), signals)
+        processes.sleep_unless(min(5.0, grace_s), lambda: signals.count)
         return False
     return _wait_for(store, run, agent, holder.pid, lambda: bool(lease_module.holder_process_alive(holder)),
                      grace_s, heartbeat_s, signals, say)
 
 
 def _wait_for(store: Store, run: Run, agent: str, pid: int, alive: Callable[[], bool], grace_s: float,
-              heartbeat_s: float, signals: _Signals, say: Callable[[str], None]) -> bool:
+              heartbeat_s: float, signals: processes.SignalFlag, say: Callable[[str], None]) -> bool:
     say(f"run {run.id}: waiting for its previous process {pid} to exit")
     deadline = time.monotonic() + grace_s
     last_beat = time.monotonic()
@@ -386,9 +345,3 @@ def _is_run_process(pid: int, run_id: str) -> bool:
     if status.split(") ", 1)[-1].startswith("Z"):  # a zombie has exited already
         return False
     return f"WANDB_RUN_ID={run_id}".encode() in environ.split(b"\0")
-
-
-def _sleep(seconds: float, signals: _Signals) -> None:
-    deadline = time.monotonic() + seconds
-    while not signals.count and time.monotonic() < deadline:
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

@@ -68,7 +68,7 @@ def create_command(file: Path, root: str | None, backend: str, project: str | No
     with Store(root) as store:
         sweep_id = store.create_sweep(spec, name=name, workdir=os.getcwd())
         root_text = str(store.root)
-    from harness.sweep.controller import grid_size
+    from harness.sweep.engine import grid_size
 
     size = grid_size(spec)
     what = f"{spec['method']}" + (f", {size} runs" if size else "") + (f", run_cap {spec['run_cap']}" if spec.get("run_cap") else "")

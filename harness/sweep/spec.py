@@ -322,9 +322,9 @@ def _metric_problems(spec: dict[str, Any]) -> list[str]:
             problems.append("metric: early_terminate needs a metric to compare runs by")
         return problems
     if isinstance(metric, dict) and isinstance(metric.get("name"), str):
-        if metric["name"] not in harness_config.LOGGED_METRICS:
+        if metric["name"] not in harness_config.METRIC_NAMES:
             problems.append(f"metric.name: {metric['name']!r} is never logged by training; logged metrics: "
-                            f"{', '.join(harness_config.LOGGED_METRICS)}")
+                            f"{', '.join(harness_config.METRIC_NAMES)}")
     return problems
 
 

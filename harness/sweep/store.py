@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from harness.errors import SweepError
 from harness.io import runs_root
+from harness.sweep import engine
 
 DB_NAME = "sweeps.db"
 SWEEP_STATES = ("running", "paused", "stopped", "finished")
@@ -224,7 +225,7 @@ class Run:
 
 
 class EngineInput(NamedTuple):
-    """What `controller.engine_runs` needs of a run (the same attribute names as `Run`)."""
+    """What `engine.engine_runs` needs of a run (the same attribute names as `Run`)."""
 
     id: str
     config: dict[str, Any]
@@ -341,12 +342,10 @@ class Store:
         nothing is running or resumable, the sweep becomes finished. `state='pending'` suits a
         controller that queues the run as a cluster job and calls `mark_started` when it starts.
         """
-        from harness.sweep import controller
-
         if state not in ACTIVE_STATES:
             raise SweepError(f"claim_run: state must be one of {ACTIVE_STATES}, got {state!r}")
         # Import the engine (about a second) before taking the write lock, not while holding it.
-        controller.load_engine()
+        engine.load_engine()
         now = time.time()
         with self._write() as db:
             sweep = _sweep_from_row(self._sweep_row(db, sweep_id))
@@ -368,7 +367,7 @@ class Store:
                 )
                 return self._run(db, resumable["id"])
             count = db.execute("SELECT COUNT(*) FROM runs WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
-            size = controller.grid_size(sweep.spec)
+            size = engine.grid_size(sweep.spec)
             # A grid never re-proposes a cell that exists, so with as many runs as cells it is done;
             # saying so here spares idle agents an engine call on every poll.
             if (sweep.run_cap is not None and count >= sweep.run_cap) or (size is not None and count >= size):
@@ -376,7 +375,7 @@ class Store:
                 return None
             # Random search ignores the runs; grid needs their configs; bayes also their metric values.
             runs = [] if sweep.method == "random" else self._engine_inputs(db, sweep_id, sweep.method == "bayes")
-            proposal = controller.propose(sweep.spec, runs, max_attempts=max_attempts)
+            proposal = engine.propose(sweep.spec, runs, max_attempts=max_attempts)
             if proposal is None:
                 self._finish_if_idle(db, sweep_id, max_attempts)
                 return None

@@ -78,9 +78,9 @@ def fork_agents(root: Path, tmp_path: Path):
     """
     import multiprocessing
 
-    from harness.sweep import agent, controller
+    from harness.sweep import agent, engine
 
-    controller.load_engine()
+    engine.load_engine()
     context = multiprocessing.get_context("fork")
     started: list = []
 

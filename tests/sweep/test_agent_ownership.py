@@ -3,7 +3,6 @@ agent, with real agent processes, a real store and, for the kill -9 case, the re
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

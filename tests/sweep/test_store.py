@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness.errors import SweepError
-from harness.sweep import controller
+from harness.sweep import controller, engine
 from harness.sweep.store import Store
 
 GRID = {
@@ -253,7 +253,7 @@ def test_many_processes_claiming_at_once_never_get_the_same_run(tmp_path: Path):
     root = str(tmp_path / "runs")
     with Store(root) as store:
         sweep_id = store.create_sweep(spec)
-    controller.propose(spec, [])  # import the engine once, before forking
+    engine.propose(spec, [])  # import the engine once, before forking
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     start = time.time() + 0.5
@@ -296,13 +296,13 @@ def test_engine_states(store: Store):
     mapping = {}
     for state in ("running", "finished", "failed", "crashed", "preempted", "stopped"):
         store._db.execute("UPDATE runs SET state = ? WHERE id = ?", (state, run.id))
-        mapping[state] = controller.engine_state(store.get_run(run.id), max_attempts=5)
+        mapping[state] = engine.engine_state(store.get_run(run.id), max_attempts=5)
     assert mapping == {"running": "running", "finished": "finished", "failed": "failed", "crashed": "pending",
                        "preempted": "pending", "stopped": "killed"}
     store.record_history(run.id, [{"epoch": 1, "val_dice_coef": 0.3}])
-    assert controller.engine_state(store.get_run(run.id), max_attempts=5) == "finished"  # stopped with a metric
+    assert engine.engine_state(store.get_run(run.id), max_attempts=5) == "finished"  # stopped with a metric
     store._db.execute("UPDATE runs SET state = 'crashed', failures = 5 WHERE id = ?", (run.id,))
-    assert controller.engine_state(store.get_run(run.id), max_attempts=5) == "crashed"
+    assert engine.engine_state(store.get_run(run.id), max_attempts=5) == "crashed"
 
 
 def _quality(learning_rate: float) -> float:
@@ -347,8 +347,8 @@ def test_hyperband_picks_the_lagging_running_run(store: Store):
     store.record_history(good2.id, [{"epoch": 1, "val_dice_coef": 0.45}])
     store.record_history(lagging.id, [{"epoch": 1, "val_dice_coef": 0.1}])
     store.finish_run(good1.id, "finished", exit_code=0)
-    assert controller.runs_to_stop(spec, store.runs(sweep_id)) == {lagging.id}
-    assert controller.runs_to_stop(GRID, store.runs(sweep_id)) == set()  # no early_terminate: never
+    assert engine.runs_to_stop(spec, store.runs(sweep_id)) == {lagging.id}
+    assert engine.runs_to_stop(GRID, store.runs(sweep_id)) == set()  # no early_terminate: never
 
 
 def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path: Path):
