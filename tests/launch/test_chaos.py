@@ -34,6 +34,7 @@ from typing import Any, Callable
 import pytest
 
 from harness import io
+from harness import processes as processes_module
 from harness.run import lease
 from harness.sweep.store import Store
 from tests.conftest import tiny_overrides
@@ -53,15 +54,6 @@ class Proc:
     pid: int
     start: str  # /proc/PID/stat start time: a reused pid is another process
     kind: str  # launcher, agent, trainer, job
-
-
-def _stat_start(pid: int) -> str | None:
-    """The start time of a running, non-zombie process (None: gone or exited)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _kind(pid: int, root: str) -> str | None:
@@ -94,7 +86,7 @@ def processes(root: Path, kind: str | None = None) -> list[Proc]:
             continue
         pid = int(entry)
         what = _kind(pid, str(root))
-        start = _stat_start(pid) if what else None
+        start = processes_module.process_start(pid) if what else None
         if what and start and (kind is None or what == kind):
             found.append(Proc(pid, start, what))
     return sorted(found, key=lambda proc: proc.pid)
@@ -171,20 +163,20 @@ class Chaos:
         return self.rng.choice(candidates) if candidates else None
 
     def signal_process(self, proc: Proc, signum: int) -> None:
-        if _stat_start(proc.pid) != proc.start:
+        if processes_module.process_start(proc.pid) != proc.start:
             return  # gone meanwhile (never signal a reused pid)
         os.kill(proc.pid, signum)
         record = {"time": time.time(), "pid": proc.pid, "start": proc.start, "kind": proc.kind,
                   "signal": signal.Signals(signum).name}
         if signum == signal.SIGKILL:
-            wait_until(lambda: _stat_start(proc.pid) != proc.start, 10, f"pid {proc.pid} to die", poll_s=0.005)
+            wait_until(lambda: processes_module.process_start(proc.pid) != proc.start, 10, f"pid {proc.pid} to die", poll_s=0.005)
             record["dead_by"] = time.time()
         self.kills.append(record)
 
     def apply(self, event: Event) -> None:
         if event.target == "launcher":
             assert self.launcher is not None
-            proc = Proc(self.launcher.pid, _stat_start(self.launcher.pid) or "", "launcher")
+            proc = Proc(self.launcher.pid, processes_module.process_start(self.launcher.pid) or "", "launcher")
             self.signal_process(proc, event.signum)
             self.launcher.wait(timeout=180)  # SIGTERM: the agents' runs save first
             self.start_launcher(resume=True)
