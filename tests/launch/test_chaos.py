@@ -284,6 +284,22 @@ def _grid_sweep(root: Path, synth_dir: Path, prepared_cache: Path) -> str:
     return create_sweep(root, spec)
 
 
+def _failure_report(chaos: Chaos) -> str:
+    """What a failed round needs for its diagnosis: every launcher line about a run that did not
+    finish, and the end of each such run's output.log (the temporary folder may be gone later)."""
+    text = chaos.log.read_text()
+    lines = [line for line in text.splitlines() if re.search(r"failed|crashed|abandoned|not submitted|giving up", line)]
+    with Store(chaos.root) as store:
+        unfinished = [run for run in store.runs(chaos.sweep_id) if run.state != "finished"]
+    parts = ["\n".join(lines[-40:])]
+    for run in unfinished:
+        output = chaos.root / chaos.sweep_id / run.id / "output.log"
+        tail = output.read_text()[-3000:] if output.exists() else "(no output.log)"
+        parts.append(f"--- run {run.id} {run.state} (exit {run.exit_code}, attempts {run.attempts}):\n{tail}")
+    parts.append("--- launch.log tail:\n" + text[-3000:])
+    return "\n".join(parts)
+
+
 def _run_chaos(tmp_path: Path, synth_dir: Path, prepared_cache: Path, launcher_args: list[str],
                counts: dict[tuple[str, int], int], gaps_s: tuple[float, float], first_s: float,
                before: Callable[[], None] = lambda: None) -> dict[str, Any]:
@@ -302,7 +318,7 @@ def _run_chaos(tmp_path: Path, synth_dir: Path, prepared_cache: Path, launcher_a
         before()
         chaos.start_launcher(resume=False)
         chaos.play(schedule)
-        assert chaos.launcher.wait(timeout=600) == 0, chaos.log.read_text()[-5000:]
+        assert chaos.launcher.wait(timeout=600) == 0, _failure_report(chaos)
         wait_until(lambda: not processes(root), 60, "every process of the runs root to exit")
     finally:
         monitor.halt.set()
