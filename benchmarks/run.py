@@ -24,6 +24,7 @@ MODULES = (
     "benchmarks.controller",
     "benchmarks.utilisation",
     "benchmarks.postprocess",
+    "benchmarks.sync",
 )
 
 

@@ -9,6 +9,7 @@ choices. `docs/config.md` is generated from this file (`harness config --markdow
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -230,12 +231,40 @@ def coerce_value(key: str, value: Any) -> Any:
     raise ConfigError(f"config key '{key}': unsupported type {target!r}")  # pragma: no cover
 
 
+def decode_wandb_text(value: Any) -> Any:
+    """A value as `wandb agent` writes it into `--key=value`, back to what the sweep file said.
+
+    W&B formats each value with Python's `str()`: a list arrives as `[64, 96]` (or `['a', 'b']`) and
+    a null as `None`. Those two forms are decoded; every other text is returned unchanged.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text == "None":
+        return None
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            decoded = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return value
+        return decoded if isinstance(decoded, list) else value
+    return value
+
+
 def apply_overrides(config: Config, values: Mapping[str, Any], source: str) -> Config:
-    """A copy of `config` with `values` applied; `source` names where they came from in errors."""
+    """A copy of `config` with `values` applied; `source` names where they came from in errors.
+
+    A null value (YAML `null`, W&B's `None`) means "not set": the key keeps its default.
+    """
+    defaults = Config()
     updates = {}
     for key, value in values.items():
         if key not in config_keys():
             raise ConfigError(_unknown_key_message(key, source))
+        value = decode_wandb_text(value)
+        if value is None:
+            updates[key] = getattr(defaults, key)
+            continue
         try:
             updates[key] = coerce_value(key, value)
         except ConfigError as error:

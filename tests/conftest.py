@@ -12,6 +12,7 @@ import pytest
 
 import harness
 from harness import config as config_module
+from tests.fakes.wandb_backend import wandb_backend  # noqa: F401  (the fixture, for every test area)
 
 SYNTH_IMAGES = 24
 SYNTH_TEST_IMAGES = 4

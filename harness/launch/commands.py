@@ -3,6 +3,7 @@ its runs as SLURM jobs. Thin: parse, call harness.launch.gpus / harness.launch.s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -36,9 +37,11 @@ from harness.sweep import commands as sweep_commands
 @click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
               help="restarts of an agent that dies abnormally (back-off 2, 4, 8 ... s)")
 @click.option("--dry-run", is_flag=True, help="print what would be started or submitted, start nothing")
+@click.option("--sync", "sync", is_flag=True,
+              help="local sweep with offline runs: upload their W&B data from here while they train (needs W&B access here)")
 def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_per_gpu: int, count: int | None,
                    root: str | None, resume: bool, profile_name: str | None, parallel: int | None,
-                   profiles_file: str | None, stagger: float, max_restarts: int, dry_run: bool) -> None:
+                   profiles_file: str | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool) -> None:
     """Run a sweep on this machine's GPUs (one agent per GPU) or as SLURM jobs.
 
     \b
@@ -46,6 +49,7 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     python -m harness.launch --gpus none --agents 2 --sweep local-abcd1234 --count 5
     python -m harness.launch --gpus all --sweep my-team/cloudsweep/x1y2z3
     python -m harness.launch --slurm local --sweep local-abcd1234 --parallel 4
+    python -m harness.launch --slurm local --sweep local-abcd1234 --sync   # live W&B from the login node
     """
     from harness.io import runs_root
     from harness.launch import gpus as gpus_module
@@ -61,9 +65,16 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         _check_local_sweep(root_path, sweep_id, resume and not dry_run)
     elif resume:
         click.echo("[launch] --resume: a W&B sweep re-runs its preempted runs itself (mark_preempting)")
+    if sync and wandb:
+        raise LaunchError("--sync is for local sweeps (their runs log offline); a W&B sweep's runs log online")
+    if sync and not dry_run:
+        from harness.launch import sync as sync_module
+
+        for key, value in sync_module.RUN_ENV.items():  # the runs flush their .wandb often (inherited)
+            os.environ.setdefault(key, value)
 
     if profile_name is not None:
-        _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run)
+        _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run, sync)
         return
     gpu_ids = gpus_module.parse_gpus(gpus)
     slots = gpus_module.plan_agents(sweep_id, gpu_ids, root_path, agents_per_gpu=agents_per_gpu, agents=agents,
@@ -80,7 +91,13 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         click.echo(f"[launch] watch: harness status {sweep_id} --root {root_path} --watch")
     supervisor = gpus_module.Supervisor(slots, stagger_s=stagger, max_restarts=max_restarts,
                                         echo=lambda line: click.echo(line, err=False))
+    syncer = _start_syncer(root_path, sweep_id) if sync else None
     code = supervisor.run()
+    if syncer is not None:
+        syncer.close()  # every agent has exited: the runs' writers are gone
+    if code and not supervisor.stop_signal and supervisor.failed:
+        click.echo(f"[launch] failed: {len(supervisor.failed)} of {len(slots)} agent(s) ended abnormally "
+                   f"({', '.join(supervisor.failed)}); exit code {code}", err=True)
     if not code and not wandb:
         from harness.sweep.store import Store
 
@@ -102,8 +119,15 @@ def _check_local_sweep(root: Path, sweep_id: str, resume: bool) -> None:
             resume_sweep(store, sweep_id, echo=click.echo)
 
 
+def _start_syncer(root: Path, sweep_id: str):
+    from harness.launch import sync as sync_module
+
+    return sync_module.LiveSyncer(root, sweep_id, echo=click.echo).start()
+
+
 def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, profiles_file: str | None,
-                  parallel: int | None, count: int | None, agents: int | None, dry_run: bool) -> None:
+                  parallel: int | None, count: int | None, agents: int | None, dry_run: bool,
+                  sync: bool = False) -> None:
     from harness.launch import profiles, slurm
     from harness.launch.gpus import LaunchError
 
@@ -130,8 +154,12 @@ def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, pro
         click.echo(f"[slurm] sweep {sweep_id}: profile {profile.name!r} (partition {profile.partition or 'default'}, "
                    f"{profile.gpus_per_job} GPU/job), at most {controller.parallel} jobs in flight; "
                    f"Ctrl-C detaches (jobs keep running; run the same command to re-attach)")
+        syncer = _start_syncer(root, sweep_id) if sync else None
         code = controller.run()
         code = code or _unsuccessful_exit(store, sweep_id)
+        if syncer is not None:
+            # Detached: the jobs go on and a re-attached launcher syncs them; else they are all over.
+            syncer.detach() if controller.stop_signal else syncer.close()
     click.get_current_context().exit(code)
 
 
@@ -147,6 +175,41 @@ def _unsuccessful_exit(store, sweep_id: str) -> int:
     return 0
 
 
+@click.command("sync", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("sweep_id")
+@click.option("--root", default=None, help="runs root holding the sweep's run folders [$HARNESS_ROOT or ./runs]")
+@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True, help="runs uploaded at a time")
+def sync_command(sweep_id: str, root: str | None, parallel: int) -> None:
+    """Upload a local sweep's offline W&B runs (those not uploaded yet) with `wandb sync`.
+
+    \b
+    harness sync local-abcd1234 --root runs
+    A resumed run's folders become one W&B run; a second call uploads nothing.
+    """
+    from harness.io import runs_root
+    from harness.launch import sync as sync_module
+    from harness.launch.gpus import is_wandb_sweep, sweep_folder_name
+
+    root_path = runs_root(root)
+    if is_wandb_sweep(sweep_id):
+        raise HarnessError(f"{sweep_id}: a W&B sweep's runs log online; `harness sync` is for local sweeps")
+    if not (root_path / sweep_folder_name(sweep_id)).is_dir():
+        raise HarnessError(f"no run folders of sweep {sweep_id} under {root_path} (see --root)")
+    result = sync_module.sync_sweep(root_path, sweep_id, parallel=parallel)
+    if result.empty:
+        click.echo(f"[sync] {len(result.empty)} folder(s) of processes that wrote nothing: skipped "
+                   f"({sync_module.describe(result.empty)})")
+    if not result.uploaded and not result.failed:
+        click.echo(f"[sync] sweep {sweep_id}: nothing new to upload")
+        return
+    click.echo(f"[sync] sweep {sweep_id}: uploaded {len(result.uploaded)} offline folder(s)")
+    if result.failed:
+        click.echo(result.output.rstrip(), err=True)
+        click.echo(f"[sync] {len(result.failed)} folder(s) not uploaded ({sync_module.describe(result.failed)}); "
+                   f"run the same command again", err=True)
+        click.get_current_context().exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m harness.launch`: the same command, with HarnessError -> exit 2."""
     from harness.commandline import run_main
@@ -157,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 def register(group: click.Group) -> None:
     """Add this area's commands to `group`."""
     group.add_command(launch_command)
+    group.add_command(sync_command)
 
 
 __all__ = ["launch_command", "main", "register", "HarnessError"]

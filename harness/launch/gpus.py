@@ -9,6 +9,13 @@ checkpoint and records it preempted) and returns only once every agent has exite
 Agents run in their own session, so a Ctrl-C in the terminal reaches them once, through the
 launcher, and with a parent-death signal: if the launcher itself is killed (even with kill -9) every
 agent gets SIGTERM, stops its run with a checkpoint, and `--resume` carries on from there.
+
+W&B agents (`wandb agent --forward-signals`) pass every signal on to their run, and to a run under
+`wandb agent` SIGTERM means "W&B stopped you" (harness.run.stopping). So a Ctrl-C or SIGTERM to the
+launcher reaches a W&B agent as SIGUSR1 (forwarded: the run saves and asks W&B to hand it out again)
+followed by SIGTERM (the agent waits for its run, then exits; the run, already saving, ignores it).
+A W&B agent exits 0 even when it gives up on a sweep whose runs keep failing; the launcher reads its
+log (`wandb_agent_failure`) and counts such an agent as failed, with W&B's reason.
 """
 
 from __future__ import annotations
@@ -25,8 +32,14 @@ from typing import Callable, Mapping, Sequence
 
 from harness.errors import HarnessError
 
-# `entity/project/sweep_id`: a W&B sweep (driven by `wandb agent`); anything else is a local sweep id.
-_WANDB_SWEEP = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9]+$")
+# `entity/project/sweep_id` or `project/sweep_id` (the account's default entity, as `wandb agent` takes
+# it): a W&B sweep, driven by `wandb agent`; anything else is a local sweep id.
+_WANDB_SWEEP = re.compile(r"^([A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+/[A-Za-z0-9]+$")
+# What `wandb agent` says when it gives up (it exits 0 all the same), and when it cannot run at all.
+_WANDB_GAVE_UP = re.compile(
+    r"(Detected \d+ (?:consecutive )?failed runs[^\n]*shutting down\.?"
+    r"|Sweep [^\n]* not found|Sweep was deleted or agent was not found\.?)"
+)
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+):")
 # An agent's log holds its own one-line reports (a run's output goes to the run folder); `wandb agent`
 # adds its own chatter. Shown on the terminal: lines saying what happened, minus the agent's prefix.
@@ -53,6 +66,7 @@ class AgentSlot:
     argv: tuple[str, ...]
     env: Mapping[str, str]  # set on top of the launcher's environment
     log: Path
+    wandb: bool = False  # a `wandb agent` (see the module docstring for what that changes)
 
 
 def is_wandb_sweep(sweep_id: str) -> bool:
@@ -120,7 +134,9 @@ def plan_agents(
 
     A local sweep id runs `python -m harness agent ID [--count N] --root ROOT`; a W&B sweep path
     `entity/project/id` runs `python -m wandb agent --forward-signals [--count N] entity/project/id`
-    (W&B's own agent, which passes SIGINT/SIGTERM on to the run so it can save).
+    (W&B's own agent, which passes signals on to the run so it can save). W&B fills the sweep
+    command's `${interpreter}` with a bare `python`, so a W&B agent's PATH starts with the folder of
+    `python` (default: this launcher's interpreter): its runs use the launcher's environment.
     """
     python = python or sys.executable
     if agents_per_gpu < 1:
@@ -141,6 +157,7 @@ def plan_agents(
         argv = [python, "-m", "wandb", "agent", "--forward-signals", *count_args, sweep_id]
     else:
         argv = [python, "-m", "harness", "agent", sweep_id, *count_args, "--root", str(root)]
+    wandb = is_wandb_sweep(sweep_id)
     log_dir = root / sweep_folder_name(sweep_id) / "agents"
     slots = []
     for gpu, index in placements:
@@ -148,8 +165,29 @@ def plan_agents(
         # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU agents must not grab one by accident.
         env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else "", "HARNESS_ROOT": str(root),
                "PYTHONUNBUFFERED": "1"}
-        slots.append(AgentSlot(name=name, gpu=gpu, argv=tuple(argv), env=env, log=log_dir / f"{name}.log"))
+        if wandb:
+            env["PATH"] = path_with_python_first(python)
+        slots.append(AgentSlot(name=name, gpu=gpu, argv=tuple(argv), env=env, log=log_dir / f"{name}.log",
+                               wandb=wandb))
     return slots
+
+
+def path_with_python_first(python: str, path: str | None = None) -> str:
+    """$PATH with the folder of `python` first, so a bare `python` (W&B's `${interpreter}`) is it.
+
+    The folder is the one `python` was named by, not the link's target: a venv's bin/python links to
+    the base interpreter, and only the venv's name of it finds the venv's packages.
+    """
+    folder = os.path.dirname(os.path.abspath(python))
+    path = os.environ.get("PATH", "") if path is None else path
+    rest = [part for part in path.split(os.pathsep) if part and part != folder]
+    return os.pathsep.join([folder, *rest])
+
+
+def wandb_agent_failure(log_text: str) -> str | None:
+    """Why a `wandb agent` gave up, from its output (None: it did not); it exits 0 either way."""
+    match = _WANDB_GAVE_UP.search(log_text)
+    return match.group(0).strip() if match else None
 
 
 # --- running them ---------------------------------------------------------------------------------
@@ -163,6 +201,7 @@ class _Agent:
     exit_code: int | None = None
     log_offset: int = 0
     log_tail: str = ""  # an unfinished last line of the log
+    start_offset: int = 0  # where the log stood when this agent process started
 
 
 class Supervisor:
@@ -204,7 +243,13 @@ class Supervisor:
                   f"(a third signal kills them)")
         for agent in running:
             try:
-                agent.process.send_signal(signum)  # the agent forwards it to its run
+                if agent.slot.wandb:
+                    # SIGUSR1 (forwarded: the run saves, preempted; a second one: it exits at once), then
+                    # SIGTERM (the agent waits for its run and exits). A W&B run takes SIGTERM as a stop.
+                    agent.process.send_signal(signal.SIGUSR1)
+                    agent.process.send_signal(signal.SIGTERM)
+                else:
+                    agent.process.send_signal(signum)  # the agent forwards it to its run
             except ProcessLookupError:
                 pass
 
@@ -243,6 +288,7 @@ class Supervisor:
     def _start(self, agent: _Agent) -> None:
         slot = agent.slot
         slot.log.parent.mkdir(parents=True, exist_ok=True)
+        agent.start_offset = slot.log.stat().st_size if slot.log.exists() else 0
         env = dict(os.environ)
         env.update(slot.env)
         with open(slot.log, "ab") as log:
@@ -281,9 +327,14 @@ class Supervisor:
     def _after_exit(self, agent: _Agent, code: int) -> None:
         name = agent.slot.name
         self._echo_logs()
+        gave_up = wandb_agent_failure(self._log_since_start(agent)) if agent.slot.wandb and code == 0 else None
         if self.stop_signal:
             self.echo(f"[{name}] stopped (exit code {code})")
             agent.done = True
+        elif gave_up:
+            self.echo(f"[{name}] wandb agent gave up: {gave_up} (it exits 0 all the same); see {agent.slot.log}")
+            agent.done = True
+            self.failed.append(name)
         elif code in NO_RESTART_CODES:
             self.echo(f"[{name}] " + ("finished (sweep done or --count reached)" if code == 0
                                       else f"exited with a usage error (code {code}); not restarted: see {agent.slot.log}"))
@@ -300,6 +351,14 @@ class Supervisor:
             agent.restart_at = time.monotonic() + delay
             self.echo(f"[{name}] died (exit code {code}); restarting in {delay:.0f} s "
                       f"({agent.restarts}/{self.max_restarts})")
+
+    def _log_since_start(self, agent: _Agent) -> str:
+        try:
+            with open(agent.slot.log, "rb") as log:
+                log.seek(agent.start_offset)
+                return log.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def _echo_logs(self) -> None:
         """Show the new summary lines of every agent's log, prefixed with its name."""

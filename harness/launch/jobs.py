@@ -4,8 +4,9 @@
 child process and returns its exit code. `WandbAgentTask` runs one `wandb agent` (a task of a W&B
 sweep's job array). Both are `submitit.helpers.Checkpointable`: when SLURM warns the job (USR2,
 before its time limit, or submitit's `job._interrupt()` for preemption) submitit calls
-`checkpoint()`, which asks the child to save (SIGUSR1 for a training run, SIGTERM for `wandb agent`,
-which forwards it to its run), waits for it to exit, and returns the same callable to be requeued.
+`checkpoint()`, which asks the child to save (SIGUSR1 for a training run; SIGUSR1 then SIGTERM for
+`wandb agent`, which forwards SIGUSR1 to its run, a preemption, and exits after it on SIGTERM; see
+harness.run.stopping), waits for it to exit, and returns the same callable to be requeued.
 The requeued job starts the same command again and the run resumes from its own folder.
 
 Their pickled state is only plain data (paths, ids, the command and its environment): nothing of
@@ -46,13 +47,14 @@ def _ignore_usr2() -> None:
 
 
 class _ChildJob(submitit.helpers.Checkpointable):
-    """A command run as a child of the job, stopped with `stop_signal` when the job must checkpoint."""
+    """A command run as a child of the job, stopped with `stop_signals` when the job must checkpoint."""
 
-    stop_signal = signal.SIGUSR1
+    stop_signals: tuple[int, ...] = (signal.SIGUSR1,)
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], workdir: str, log: str,
-                 save_timeout_s: float = 240.0, unset_env: Sequence[str] = ()) -> None:
+                 save_timeout_s: float = 240.0, unset_env: Sequence[str] = (), python_first: str | None = None) -> None:
         self.argv = [str(item) for item in argv]
+        self.python_first = python_first  # put this interpreter's folder first on the child's PATH
         self.env = {str(key): str(value) for key, value in env.items()}
         self.unset_env = [str(name) for name in unset_env]
         self.workdir = str(workdir)
@@ -73,6 +75,10 @@ class _ChildJob(submitit.helpers.Checkpointable):
         for name in self.unset_env:
             env.pop(name, None)
         env.update(self.env)
+        if getattr(self, "python_first", None):  # absent from jobs pickled by an older version
+            from harness.launch.gpus import path_with_python_first
+
+            env["PATH"] = path_with_python_first(self.python_first, env.get("PATH", ""))
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} SLURM job {os.environ.get('SLURM_JOB_ID', '?')} "
@@ -98,10 +104,11 @@ class _ChildJob(submitit.helpers.Checkpointable):
         self._checkpointing = True
         process = self._process
         if process is not None and process.poll() is None:
-            try:
-                process.send_signal(self.stop_signal)
-            except ProcessLookupError:
-                pass
+            for signum in self.stop_signals:
+                try:
+                    process.send_signal(signum)
+                except ProcessLookupError:
+                    pass
             try:
                 process.wait(timeout=self.save_timeout_s)
             except subprocess.TimeoutExpired:
@@ -130,17 +137,19 @@ class TrainingJob(_ChildJob):
 class WandbAgentTask(_ChildJob):
     """One `wandb agent --forward-signals` of a W&B sweep's job array.
 
-    On checkpoint the agent gets SIGTERM, forwards it to its run, which saves, calls
-    `run.mark_preempting()` (so W&B hands the run out again) and exits; the task is requeued and its
-    new agent picks the run (or the next one) up.
+    On checkpoint the agent gets SIGUSR1, forwards it to its run, which saves, calls
+    `run.mark_preempting()` (so W&B hands the run out again) and exits; then SIGTERM, on which the
+    agent waits for its run and exits (a SIGTERM alone would reach the run as a W&B stop). The task
+    is requeued and its new agent picks the run (or the next one) up. The agent's PATH starts with
+    its interpreter's folder: W&B starts runs with a bare `python`.
     """
 
-    stop_signal = signal.SIGTERM
+    stop_signals = (signal.SIGUSR1, signal.SIGTERM)
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], workdir: str, log_dir: str,
                  save_timeout_s: float = 240.0) -> None:
         super().__init__(argv, env, workdir, log=str(Path(log_dir) / "wandb-agent-0.log"),
-                         save_timeout_s=save_timeout_s)
+                         save_timeout_s=save_timeout_s, python_first=str(argv[0]))
         self.log_dir = str(log_dir)
 
     def __call__(self, task_index: int = 0) -> int:

@@ -97,6 +97,8 @@ def run_env(sweep_id: str, run_id: str, root: Path) -> dict[str, str]:
         "HARNESS_ROOT": str(root),
         "WANDB_MODE": os.environ.get("WANDB_MODE") or "offline",
         "PYTHONUNBUFFERED": "1",
+        # `--sync` (harness.launch.sync) has runs flush their offline .wandb file often: pass it on.
+        **{key: os.environ[key] for key in ("WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL",) if key in os.environ},
     }
 
 

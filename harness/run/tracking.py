@@ -43,19 +43,49 @@ def start_wandb(config: Mapping[str, Any], run_dir: Path, run_id: str, project: 
         return None
     import wandb
 
+    # wandb.init uses `dir` as the git root too: it must exist (else a "git root" warning).
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    sweep = under_wandb_sweep()
     arguments: dict[str, Any] = {
         "dir": str(run_dir),
-        "project": project or None,
-        "entity": entity or None,
-        "config": dict(config),
+        # Under a sweep the agent set the project and entity; W&B warns about (and ignores) others.
+        "project": None if sweep else project or None,
+        "entity": None if sweep else entity or None,
+        # Where it ran, shown next to the parameters (not a training key: a resume may move GPUs).
+        "config": {**dict(config), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
         "group": os.environ.get("WANDB_RUN_GROUP") or None,
         "mode": mode,
     }
-    if not under_wandb_sweep():
+    if not sweep:
         # Same id + resume="allow": a resumed run continues its W&B run. Under a sweep the agent set
         # the id (WANDB_RUN_ID) and wandb.init must not be given one.
         arguments.update(id=run_id, name=run_id, resume="allow")
     return wandb.init(**{key: value for key, value in arguments.items() if value is not None})
+
+
+def sweep_parameter_keys(environ: Mapping[str, str] | None = None) -> set[str]:
+    """The keys `wandb agent` set for this run (its WANDB_SWEEP_PARAM_PATH file); empty outside one.
+
+    W&B locks them in wandb.config: updating them again only prints "Config item ... was locked".
+    """
+    import yaml
+
+    environ = os.environ if environ is None else environ
+    path = environ.get("WANDB_SWEEP_PARAM_PATH")
+    if not path or not environ.get("WANDB_SWEEP_ID"):
+        return set()
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return set()
+    return {key for key in values if key != "wandb_version"} if isinstance(values, dict) else set()
+
+
+def record_config(wandb_run: Any, values: Mapping[str, Any]) -> None:
+    """Put the run's resolved config into wandb.config, leaving the sweep's own (locked) keys alone."""
+    locked = sweep_parameter_keys()
+    wandb_run.config.update({key: value for key, value in values.items() if key not in locked},
+                            allow_val_change=True)
 
 
 class TensorBoardLog:
@@ -104,7 +134,9 @@ class Tracker:
         if self.tensorboard is not None:
             self.tensorboard.log(epoch, scalars)
         if self.wandb_run is not None:
-            self.wandb_run.log(dict(scalars), step=epoch)
+            # commit=True: with an explicit step W&B otherwise holds the row until the next step is
+            # logged, so each epoch would reach W&B (live, or a live sync) one epoch late.
+            self.wandb_run.log(dict(scalars), step=epoch, commit=True)
 
     def set_summary(self, values: Mapping[str, Any]) -> None:
         if self.wandb_run is not None:

@@ -15,12 +15,13 @@ is renewed while training and checked before every metrics row and checkpoint.
 
 At the end of every epoch the run appends its metrics row, logs TensorBoard / W&B (step = epoch),
 stages best.keras if the monitored metric improved, writes the checkpoint (the commit point) and
-then promotes best.keras. SIGTERM, SIGINT and SIGUSR1 set a flag that is checked after every
-batch: the run saves a mid-epoch checkpoint at once (weights, optimizer and dropout-seed state of
-that moment, the batch index and Keras's metric sums so far), marks itself preempted (and
-`run.mark_preempting()` under W&B) and exits with 128 + the signal number. A second signal of the
-same kind exits at once (the checkpoint in force is always complete, so nothing is lost but the
-work since it).
+then promotes best.keras. SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP and SIGQUIT set a flag that is
+checked after every batch: the run saves a mid-epoch checkpoint at once (weights, optimizer and
+dropout-seed state of that moment, the batch index and Keras's metric sums so far) and ends as
+harness.run.stopping says: preempted (and `run.mark_preempting()` under W&B, exit 128 + the signal
+number), or, for the W&B agent's SIGTERM, stopped (exit 0). A second signal of the same kind exits
+at once (the checkpoint in force is always complete, so nothing is lost but the work since it). A
+signal ignored when the run starts (nohup) stays ignored.
 
 Exact resume: a run resumed from a mid-epoch checkpoint saved after batch k continues with batch
 k + 1 of the same epoch in the same data order (the dataset is seeded by epoch). The first k steps
@@ -56,12 +57,12 @@ from harness.config import Config
 from harness.errors import ConfigError, HarnessError
 from harness.run import checkpoint as checkpoint_module
 from harness.run import lease as lease_module
-from harness.run import tracking
+from harness.run import stopping, tracking
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 PAUSED_FILE = "paused.json"  # written while HARNESS_PAUSE_AT holds the run still (tests)
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+STOP_SIGNALS = stopping.SIGNALS
 # Keys a resume may change: they do not change what the run computes, only how long or where from.
 RESUME_OVERRIDABLE = ("epochs", "workers", "data_dir", "cache_dir")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -130,7 +131,7 @@ def read_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 # --- signals --------------------------------------------------------------------------------------
 class StopSignals:
-    """SIGTERM/SIGINT/SIGUSR1 set a flag the training loop checks after each batch."""
+    """The signals of harness.run.stopping set a flag the training loop checks after each batch."""
 
     def __init__(self, names: Iterable[str] = STOP_SIGNALS):
         self.signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
@@ -141,6 +142,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # Python only lets the main thread handle signals; callers elsewhere handle their own
         for signum in self.signals:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # ignored by whoever started us (nohup, a SLURM job's USR2): keep it so
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -295,14 +298,15 @@ def _train_owned(config: Config, run_dir: Path, run_id: str, sweep_id: str | Non
             state, rows = run_callback.state, run_callback.rows
         else:
             rows = io.read_jsonl(run_dir / checkpoint_module.METRICS_FILE)
-        exit_code = 128 + stopped.signum
-        summary = run.write_summary("preempted", state, rows, signal=signal.Signals(stopped.signum).name, exit_code=exit_code)
+        status, exit_code = stopping.meaning(stopped.signum), stopping.exit_code(stopped.signum)
+        summary = run.write_summary(status, state, rows, signal=signal.Signals(stopped.signum).name, exit_code=exit_code)
+        if tracker is None and wandb_run is not None:
+            tracker = tracking.Tracker(None, wandb_run)
         if tracker is not None:
-            tracker.mark_preempting()
+            if status == stopping.PREEMPT:
+                tracker.mark_preempting()
+            tracker.set_summary({"status": status})
             tracker.close(exit_code=exit_code)
-        elif wandb_run is not None:
-            wandb_run.mark_preempting()
-            wandb_run.finish(exit_code=exit_code)
         return summary
     except lease_module.LeaseLost:
         # Another process owns the folder now: write nothing more to it.
@@ -689,10 +693,11 @@ def _wandb_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m harness.train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--restart] [--key=value ...]`.
 
-    Exit code: 0 finished (or already finished), 2 bad config/arguments, 128 + signal when stopped by
-    a signal after saving a checkpoint, 75 when another live process holds the run folder's lease
-    (nothing was touched; see harness/run/lease.py), 1 failed (also: a damaged checkpoint, named in
-    the message with how to recover; `--restart` trains the run again from epoch 0).
+    Exit code: 0 finished (or already finished, or stopped by the W&B agent), 2 bad config/arguments,
+    128 + signal when preempted by a signal after saving a checkpoint, 75 when another live process
+    holds the run folder's lease (nothing was touched; see harness/run/lease.py), 1 failed (also: a
+    damaged checkpoint, named in the message with how to recover; `--restart` trains the run again
+    from epoch 0).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
@@ -725,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 explicit.update(sweep_values)
         config = resolve_config(run_dir, config, explicit)
         if wandb_run is not None:
-            wandb_run.config.update({**config.to_dict(), "run_id": run_id}, allow_val_change=True)
+            tracking.record_config(wandb_run, {**config.to_dict(), "run_id": run_id})
         print(f"run {run_id}: {run_dir}", flush=True)
         handed_over, wandb_run = wandb_run, None  # train() finishes it from here on
         restart = str(control.get("restart", "false")).lower() in ("true", "1", "yes")
@@ -738,6 +743,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if held is not None:
             held.release()
-    if summary.get("status") == "preempted":
+    if summary.get("status") in (stopping.PREEMPT, stopping.STOP):
         return int(summary.get("exit_code", 1))
     return 0 if summary.get("status") == "finished" else 1

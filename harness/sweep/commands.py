@@ -5,7 +5,9 @@ is `harness sweep create FILE`. Other areas may add subcommands to `sweep_group`
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -81,13 +83,19 @@ def create_command(file: Path, root: str | None, backend: str, project: str | No
 
 
 def create_wandb_sweep(spec: dict, project: str | None, entity: str | None) -> str:
-    """Create the sweep on W&B (`wandb.sweep`) and return `entity/project/id` (or `project/id`)."""
+    """Create the sweep on W&B (`wandb.sweep`) and return `entity/project/id` (or `project/id`).
+
+    `project/id` (no --entity, none in the spec) is the account's default entity, as for `wandb agent`;
+    `harness.launch --sweep` takes both forms.
+    """
     import wandb
 
     project = project or spec.get("project") or "cloudsweep"
     entity = entity or spec.get("entity")
     try:
-        sweep_id = wandb.sweep(sweep=spec, project=project, entity=entity)
+        # wandb.sweep prints its own lines on stdout; this command's stdout is the sweep path alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            sweep_id = wandb.sweep(sweep=spec, project=project, entity=entity)
     except Exception as error:  # noqa: BLE001 - any failure here means: no usable W&B server
         raise SweepError(
             f"W&B could not create the sweep ({type(error).__name__}: {error}). W&B sweeps need a W&B "
@@ -175,7 +183,9 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
     """Run runs of local sweep SWEEP_ID, one at a time, until it ends (or --count runs)."""
     from harness.sweep import agent
 
-    if sweep_id.count("/") == 2 and not sweep_id.startswith("local-"):
+    from harness.launch.gpus import is_wandb_sweep
+
+    if is_wandb_sweep(sweep_id):
         raise SweepError(f"{sweep_id} looks like a W&B sweep path: run it with `wandb agent --forward-signals "
                          f"{sweep_id}` or `python -m harness.launch --gpus 0 --sweep {sweep_id}`")
     options = {"heartbeat_s": heartbeat_s, "stale_after_s": stale_after_s, "poll_s": poll_s,

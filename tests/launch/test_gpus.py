@@ -8,6 +8,7 @@ CUDA_VISIBLE_DEVICES each agent gets (this machine has no GPU).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -64,13 +65,43 @@ def test_wandb_sweep_builds_exactly_these_agent_commands(tmp_path):
     assert [slot.argv for slot in slots] == [
         ("/env/bin/python", "-m", "wandb", "agent", "--forward-signals", "--count", "5", "my-team/cloudsweep/x1y2z3"),
     ] * 2
+    # W&B starts runs with a bare `python`: the launcher's interpreter's folder comes first on PATH.
+    path = gpus.path_with_python_first("/env/bin/python")
+    assert path.split(os.pathsep)[0] == "/env/bin"
     assert [dict(slot.env) for slot in slots] == [
-        {"CUDA_VISIBLE_DEVICES": "0", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"},
-        {"CUDA_VISIBLE_DEVICES": "3", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1"},
+        {"CUDA_VISIBLE_DEVICES": "0", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "PATH": path},
+        {"CUDA_VISIBLE_DEVICES": "3", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "PATH": path},
     ]
+    assert all(slot.wandb for slot in slots)
     assert slots[1].log == tmp_path / "x1y2z3" / "agents" / "agent-3-0.log"
     no_count = gpus.plan_agents("my-team/cloudsweep/x1y2z3", ["0"], tmp_path, python="p")
     assert no_count[0].argv == ("p", "-m", "wandb", "agent", "--forward-signals", "my-team/cloudsweep/x1y2z3")
+
+
+def test_a_wandb_sweep_path_may_leave_out_the_entity():
+    assert gpus.is_wandb_sweep("cloudsweep/x1y2z3") and gpus.is_wandb_sweep("my-team/cloudsweep/x1y2z3")
+    assert not gpus.is_wandb_sweep("local-abcd1234")
+    slots = gpus.plan_agents("cloudsweep/x1y2z3", ["0"], Path("/r"), python="p")
+    assert slots[0].wandb and slots[0].argv[-1] == "cloudsweep/x1y2z3" and slots[0].log.parent == Path("/r/x1y2z3/agents")
+
+
+def test_a_wandb_agent_that_gave_up_is_recognised_from_its_output():
+    """`wandb agent` exits 0 when it gives up; these are its words (wandb 0.31.0, wandb_agent.py)."""
+    flapping = ("2026-12-02 03:04:57,651 - wandb.wandb_agent - ERROR - Detected 3 failed runs in the first 60 seconds, "
+                "shutting down.\n2026-12-02 - INFO - To disable this check set WANDB_AGENT_DISABLE_FLAPPING=true\n")
+    assert gpus.wandb_agent_failure(flapping) == "Detected 3 failed runs in the first 60 seconds, shutting down."
+    assert gpus.wandb_agent_failure("wandb: ERROR Detected 5 consecutive failed runs, shutting down.") == \
+        "Detected 5 consecutive failed runs, shutting down."
+    assert gpus.wandb_agent_failure("Error: Sweep fake-team/cloudsweep/abc not found") == "Sweep fake-team/cloudsweep/abc not found"
+    assert gpus.wandb_agent_failure("INFO - Cleaning up finished run: x0pbxhym\n") is None
+
+
+def test_path_with_python_first_names_the_venv_folder_not_the_link_target(tmp_path):
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    path = gpus.path_with_python_first(str(venv_python), f"/usr/bin{os.pathsep}{venv_python.parent}")
+    assert path.split(os.pathsep) == [str(venv_python.parent), "/usr/bin"]
 
 
 def test_launch_cli_errors_exit_2(tmp_path):

@@ -254,7 +254,9 @@ def test_wandb_sweep_on_slurm_is_a_job_array_of_these_agents(tmp_path):
     assert plan.executor_arguments == {"slurm_max_num_timeout": profile.max_requeues}
     assert plan.folder == tmp_path / "abc123" / "slurm" and plan.log_dir == tmp_path / "abc123" / "agents"
     task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=str(tmp_path), log_dir=str(plan.log_dir))
-    assert task.stop_signal == signal.SIGTERM  # wandb agent --forward-signals passes it to the run
+    # SIGUSR1 (forwarded to the run: a preemption), then SIGTERM (the agent exits after its run).
+    assert task.stop_signals == (signal.SIGUSR1, signal.SIGTERM)
+    assert task.python_first == "/py"  # its folder goes first on the agent's PATH (W&B runs a bare `python`)
 
 
 def test_training_job_pickles_only_plain_data(tmp_path):
