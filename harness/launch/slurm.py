@@ -46,6 +46,8 @@ JOB_PREFIX = "cs-"  # job name cs-<run id>: a restarted launcher finds a job who
 # sacct states of a job that is over (anything else: still queued, running or being requeued).
 TERMINAL_JOB_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                        "BOOT_FAIL", "DEADLINE", "REVOKED")
+# sacct states of a job ended from outside (someone's scancel, preemption, a lost node): never the run's own failure.
+OUTSIDE_END_STATES = ("CANCELLED", "PREEMPTED", "NODE_FAIL")
 # squeue states of a job SLURM still means to run. After a node failure the job's sacct row says
 # NODE_FAIL for a few seconds while squeue already shows it PENDING again (requeued, same id).
 QUEUED_JOB_STATES = ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -414,6 +416,7 @@ class SlurmController:
                 error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
         placement = jobs.read_placement(item.folder)
         started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        outside = exit_code is None and (job_state or "").split(" ")[0] in OUTSIDE_END_STATES
         if exit_code == lease.EXIT_OWNED:
             # The job's trainer found the folder's lease held by another live process: not a crash,
             # no attempt spent; it is submitted again once the lease is free.
@@ -429,13 +432,18 @@ class SlurmController:
             state = "finished"
         elif item.stop_reason is not None:
             state = "stopped"
+        elif outside:
+            # Cancelled by someone else, preempted, node lost: not the run's failure nor a broken setup,
+            # even when it came before the job started the run (found by the chaos test: such a run
+            # used to be marked failed for good). A new job resumes it from its folder.
+            state = "preempted"
         elif not started_here:
             state = "failed"  # the job never started the run: its setup, Python or node is broken
             self.job_failures += 1
             error = error or f"job {item.job.job_id} ended ({job_state or 'unknown'}) before starting the run"
         else:
             state = "preempted"  # killed from outside mid-run: a new job resumes it from its folder
-        self.store.finish_run(item.run_id, state, summary, exit_code=exit_code, agent=AGENT)
+        self.store.finish_run(item.run_id, state, summary, exit_code=exit_code, agent=AGENT, own_failure=not outside)
         del self.in_flight[item.run_id]
         best = self.store.get_run(item.run_id).best_metric
         metric = f", best {best:.4g}" if best is not None else ""

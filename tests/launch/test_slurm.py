@@ -209,6 +209,38 @@ def test_jobs_that_cannot_start_their_run_fail_fast_and_stop_the_launcher(tmp_pa
     assert "before starting the run" in log.read_text() and "jobs in a row" in log.read_text()
 
 
+@pytest.mark.slow
+def test_a_job_cancelled_by_someone_else_before_its_run_started_is_resubmitted_not_failed(tmp_path, slurm_cluster):
+    """Found by the chaos test: an outside scancel that lands while the job is still in its setup
+    (the run not started yet) left the run `failed` for good, as if the job's setup were broken."""
+    root = tmp_path / "runs"
+    sweep_id = create_sweep(root, fake_sweep_spec([0.1], epochs=1, epoch_s=0.1))
+    marker = tmp_path / "first-job-seen"
+    profiles_file = tmp_path / "slurm.yaml"
+    # The first job holds in its setup (so it is cancelled before starting the run); later ones go on.
+    profiles_file.write_text("profiles:\n  slow-setup:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
+                             f"    time_min: 30\n    parallel: 1\n    setup: ['test -e {marker} || {{ touch {marker}; sleep 120; }}']\n")
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "slow-setup", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log)
+    try:
+        wait_until(marker.exists, 60, "the first job in its setup")
+        with Store(root) as store:
+            (run,) = store.runs(sweep_id)
+        first_job = run.job_id
+        assert first_job and not (root / sweep_id / run.id / jobs.PLACEMENT_FILE).exists()  # the run has not started
+        subprocess.run(["scancel", first_job], check=True, timeout=30)
+        assert process.wait(timeout=150) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with Store(root) as store:
+        (run,) = store.runs(sweep_id)
+    text = log.read_text()
+    assert f"job {first_job}: run {run.id} preempted" in text and "before starting the run" not in text, text
+    assert run.state == "finished" and run.job_id != first_job and run.failures == 0
+    assert epochs_logged(root, sweep_id, run.id) == [1]
+
+
 def test_wandb_sweep_on_slurm_is_a_job_array_of_these_agents(tmp_path):
     """A W&B server cannot exist here: this checks exactly what the array would run, not W&B itself."""
     profile = profiles.load_profile("local")
