@@ -120,8 +120,12 @@ def test_local_sweep_runs_as_jobs_each_on_its_own_gpu_never_more_than_parallel(t
         assert json.loads((root / sweep_id / run.id / "slurm.json").read_text())["cuda_visible_devices"] == run.gpu
         assert len(run.metric_values) == 2 and run.best_metric == pytest.approx(run.config["quality"])
         intervals.append((_stamp(row["start"]), _stamp(row["end"])))
-    # Never more than --parallel jobs at once (SLURM's own accounting), and the slots were used.
-    assert _max_overlap(intervals) == 2
+    # Never more than --parallel jobs at once (SLURM's own accounting). Whether two 1.4 s jobs also ran at
+    # the same moment is up to SLURM's 2 s scheduling passes, so what is checked is that the launcher filled
+    # both slots: two jobs submitted before the first one finished.
+    assert _max_overlap(intervals) <= 2
+    events = [line for line in log.read_text().splitlines() if "(new)" in line or " finished (" in line]
+    assert "(new)" in events[0] and "(new)" in events[1], events[:3]
     # Jobs that overlapped in time had different GPUs.
     for first in runs:
         for second in runs:
