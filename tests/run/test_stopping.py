@@ -62,8 +62,11 @@ def test_sighup_saves_a_checkpoint_and_preempts_a_real_run(tmp_path, synth_dir, 
     root = tmp_path / "runs"
     arguments = [f"--{key}={value}" for key, value in
                  tiny_overrides(synth_dir, prepared_cache, epochs=200, steps_per_epoch=2).items()]
+    # SIGHUP at its default in the child, as in a terminal: a test session started under nohup would pass its
+    # ignored SIGHUP on, and the run rightly keeps ignoring a signal ignored at its start.
     process = subprocess.Popen([sys.executable, "-m", "harness.train", "--run_id", "hup1", "--root", str(root),
-                                *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     folder = root / "single" / "hup1"
     try:
         wait_until(lambda: checkpoint.load_state(folder) is not None, 180, "the first checkpoint")
@@ -76,4 +79,6 @@ def test_sighup_saves_a_checkpoint_and_preempts_a_real_run(tmp_path, synth_dir, 
     summary = json.loads((folder / "summary.json").read_text())
     assert (summary["status"], summary["signal"], summary["exit_code"]) == ("preempted", "SIGHUP", 129)
     state = checkpoint.load_state(folder)
-    assert state.reason in ("signal:SIGHUP", "epoch_end") and state.epoch == summary["epochs_completed"] < 200
+    # Mid-epoch, in validation (exact resume records "signal:SIGHUP in validation") or at an epoch's end.
+    assert state.reason.startswith("signal:SIGHUP") or state.reason == "epoch_end", state.reason
+    assert state.epoch == summary["epochs_completed"] < 200
