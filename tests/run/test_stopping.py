@@ -44,6 +44,9 @@ def test_outside_wandb_every_signal_means_preempt_as_before(environ):
 
 def test_hup_and_quit_are_handled_and_an_ignored_signal_stays_ignored():
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    # SIGQUIT at its default, as in a terminal: a shell without job control starts background commands
+    # (a CI runner's, say) with SIGQUIT and SIGINT ignored, and the run rightly keeps those ignored.
+    previous_quit = signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
         stop = train.StopSignals().install()
         try:
@@ -54,6 +57,7 @@ def test_hup_and_quit_are_handled_and_an_ignored_signal_stays_ignored():
             stop.restore()
     finally:
         signal.signal(signal.SIGHUP, previous)
+        signal.signal(signal.SIGQUIT, previous_quit)
 
 
 @pytest.mark.slow
