@@ -218,3 +218,14 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.2) -> N
             return
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def real_trainer_spec(tiny_config: Any) -> dict[str, Any]:
+    """A one-run grid sweep of the real `python -m harness.train` on the tiny generated data: 3 epochs of
+    2 steps (plus 1 validation step), so a test can interrupt it at a known batch."""
+    fixed = {key: tiny_config.to_dict()[key] for key in ("data_dir", "cache_dir", "image_size", "batch_size",
+                                                         "filters", "depth", "workers", "augment")}
+    fixed.update({"epochs": 3, "steps_per_epoch": 2, "validation_steps": 1})
+    return {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
+            "parameters": {"learning_rate": {"values": [0.001]}, **{key: {"value": value} for key, value in fixed.items()}},
+            "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}

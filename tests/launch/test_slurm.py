@@ -17,7 +17,7 @@ import pytest
 
 from harness.launch import jobs, profiles, slurm
 from harness.sweep.store import Store
-from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, launch, starts, wait_until
+from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, launch, real_trainer_spec, starts, wait_until
 
 pytestmark = [pytest.mark.slurm]
 
@@ -295,12 +295,7 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
     import submitit
 
     root = tmp_path / "runs"
-    fixed = {key: tiny_config.to_dict()[key] for key in ("data_dir", "cache_dir", "image_size", "batch_size",
-                                                         "filters", "depth", "workers", "augment")}
-    fixed.update({"epochs": 3, "steps_per_epoch": 2, "validation_steps": 1})
-    spec = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
-            "parameters": {"learning_rate": {"values": [0.001]}, **{key: {"value": value} for key, value in fixed.items()}},
-            "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}
+    spec = real_trainer_spec(tiny_config)
     sweep_id = create_sweep(root, spec)
     log = tmp_path / "launch.log"
     monkeypatch.setenv("HARNESS_PAUSE_AT", "2:1")

@@ -27,7 +27,7 @@ from harness import processes
 from harness.run import lease
 from harness.sweep.store import Store
 from tests.launch.conftest import (TEST_SLURM, MultiNodeCluster, create_sweep, epochs_logged, fake_sweep_spec,
-                                   launch, starts, wait_until)
+                                   launch, real_trainer_spec, starts, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -340,12 +340,7 @@ def test_partitioned_node_keeps_its_lease_and_the_requeued_copy_backs_off(tmp_pa
     Short lease timings (ttl 6 s + skew 3 s, renewed every 2 s) make a wrong expiry show up here."""
     cluster = slurm_multinode
     root = tmp_path / "runs"
-    fixed = {key: tiny_config.to_dict()[key] for key in ("data_dir", "cache_dir", "image_size", "batch_size",
-                                                         "filters", "depth", "workers", "augment")}
-    fixed.update({"epochs": 3, "steps_per_epoch": 2, "validation_steps": 1})
-    spec = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
-            "parameters": {"learning_rate": {"values": [0.001]}, **{key: {"value": value} for key, value in fixed.items()}},
-            "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}
+    spec = real_trainer_spec(tiny_config)
     sweep_id = create_sweep(root, spec)
     log = tmp_path / "launch.log"
     ttl_s, skew_s = 6.0, 3.0
