@@ -1,7 +1,8 @@
 """The local sweep agent: claim a run, start it as a child process, watch it, record how it ended.
 
 One agent runs one child at a time (one agent per GPU). The loop, until the sweep ends or `count` runs:
-1. `Store.mark_stale` (runs whose agent stopped heartbeating become crashed), then `Store.claim_run`
+1. `Store.mark_stale` (runs whose agent stopped heartbeating, or whose agent on this host has exited,
+   become crashed), then `Store.claim_run`
    (a crashed or preempted run first, with its id and config; else the engine's next proposal).
 2. Start the sweep's `command` with W&B's macros expanded (`spec.expand_command`) in the directory
    the sweep was created from, with WANDB_RUN_ID, WANDB_RUN_GROUP (= sweep id), HARNESS_SWEEP_ID,
@@ -76,9 +77,10 @@ def run_agent(
     waiting_said = ""
     try:
         while not signals.count and (count is None or done < count):
-            crashed = store.mark_stale(sweep_id, stale_after_s)
+            crashed = store.mark_stale(sweep_id, stale_after_s, host=host)
             if crashed:
-                say(f"no heartbeat for {stale_after_s:g} s: marked crashed {', '.join(crashed)}")
+                say(f"their agent is gone (no heartbeat for {stale_after_s:g} s, or its process ended on this "
+                    f"host): marked crashed {', '.join(crashed)}")
             run = store.claim_run(sweep_id, agent=agent, host=host, gpu=gpu, max_attempts=max_attempts)
             if run is None:
                 sweep = store.get_sweep(sweep_id)

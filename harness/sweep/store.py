@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
+from harness import processes
 from harness.errors import SweepError
 from harness.io import runs_root
 from harness.sweep import engine
@@ -390,17 +391,25 @@ class Store:
             )
             return self._run(db, run_id)
 
-    def mark_stale(self, sweep_id: str, timeout_s: float) -> list[str]:
+    def mark_stale(self, sweep_id: str, timeout_s: float, host: str | None = None) -> list[str]:
         """Running runs whose heartbeat is older than `timeout_s` become crashed; returns their ids.
 
         Every agent calls this before claiming, so a run whose agent was killed is resumed by another.
         A controller that runs jobs elsewhere (SLURM) heartbeats its runs while their jobs are alive.
+        With `host` (the caller's host name), a run held by a local agent of that host (agent id
+        `HOST:PID`) whose process is gone is crashed at once, without waiting out the heartbeat: /proc
+        answers for this host only, so agents on other hosts are judged by their heartbeat alone. A
+        reused pid only delays this to the heartbeat timeout.
         """
         cutoff = time.time() - timeout_s
         with self._write() as db:
             stale = [row["id"] for row in db.execute(
                 "SELECT id FROM runs WHERE sweep_id = ? AND state = 'running' AND (heartbeat IS NULL OR heartbeat < ?)",
                 (sweep_id, cutoff))]
+            if host is not None:
+                stale += [row["id"] for row in db.execute(
+                    "SELECT id, agent FROM runs WHERE sweep_id = ? AND state = 'running' AND heartbeat >= ?",
+                    (sweep_id, cutoff)) if _local_agent_gone(row["agent"], host)]
             for run_id in stale:
                 db.execute("UPDATE runs SET state = 'crashed', ended = ? WHERE id = ?", (time.time(), run_id))
         return stale
@@ -616,6 +625,12 @@ def _run_from_row(row: sqlite3.Row) -> Run:
         history=json.loads(row["history"]) if "history" in keys else None,
         failures=row["failures"],
     )
+
+
+def _local_agent_gone(agent: str | None, host: str) -> bool:
+    """Is `agent` a local agent of `host` (id `HOST:PID`, harness.sweep.agent) whose process has ended?"""
+    name, _, pid = (agent or "").rpartition(":")
+    return name == host and pid.isdigit() and not processes.pid_alive(int(pid))
 
 
 def _random_id(length: int = 8) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import processes
 from harness.sweep import agent as sweep_agent
 from harness.sweep import controller
 from harness.sweep.store import Store
@@ -119,7 +120,9 @@ def test_a_killed_agent_leaves_a_crashed_run_that_another_agent_resumes(root, ma
              Path(f"/proc/{child}/stat").read_text().split(") ", 1)[-1].startswith("Z"), 10, "the orphaned child to stop")
     logged_before = len(controller.read_history(folder))
     assert 1 <= logged_before < 6
-    [second] = fork_agents(sweep_id, epoch_seconds=0.1, stale_after_s=1.5)
+    # A heartbeat timeout of 10 minutes: the second agent, on the same host, sees at its first poll that the
+    # run's agent process is gone, so it does not wait that out (the 120 s test timeout would fail).
+    [second] = fork_agents(sweep_id, epoch_seconds=0.1, stale_after_s=600)
     assert _wait_all([second]) == [0], agent_log(second)
     runs = _runs(root, sweep_id)
     assert len(runs) == 1
@@ -131,7 +134,7 @@ def test_a_killed_agent_leaves_a_crashed_run_that_another_agent_resumes(root, ma
     assert len(starts) == 2 and starts[1]["resumed_from"] == logged_before  # from the epochs logged before the kill
     assert [row["epoch"] for row in controller.read_history(folder)] == [1, 2, 3, 4, 5, 6]
     # the first child did not train on unwatched: it got SIGTERM when its agent died
-    assert not Path(f"/proc/{starts[0]['pid']}").exists()
+    assert not processes.pid_alive(starts[0]["pid"])  # gone, or a zombie its new parent has not reaped yet
     assert (folder / "output.log").read_text().count("attempt") == 2
 
 

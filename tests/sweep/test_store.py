@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import re
 import time
 from pathlib import Path
@@ -176,6 +177,26 @@ def test_mark_stale_crashes_only_runs_without_a_recent_heartbeat(store: Store):
     assert store.mark_stale(sweep_id, timeout_s=30) == [old.id]
     assert store.get_run(old.id).state == "crashed" and store.get_run(fresh.id).state == "running"
     assert store.mark_stale(sweep_id, timeout_s=30) == []
+
+
+def test_mark_stale_crashes_at_once_the_runs_of_an_agent_gone_from_this_host(store: Store):
+    """A local agent's id is HOST:PID: on its own host a dead agent's run is crashed at once (its
+    heartbeat is fresh); a live one's, another host's and a non-local holder's (SLURM) are left alone."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names no process (a reused pid would only delay this to the timeout)
+    sweep_id = store.create_sweep(GRID)
+    dead = _claim(store, sweep_id, agent=f"box1:{gone.pid}")
+    alive = _claim(store, sweep_id, agent=f"box1:{os.getpid()}")
+    elsewhere = _claim(store, sweep_id, agent=f"box2:{gone.pid}")
+    cluster = _claim(store, sweep_id, agent="slurm")
+    assert store.mark_stale(sweep_id, timeout_s=120) == []  # without host: heartbeats only
+    assert store.mark_stale(sweep_id, timeout_s=120, host="box1") == [dead.id]
+    states = {run.id: run.state for run in store.runs(sweep_id)}
+    assert states == {dead.id: "crashed", alive.id: "running", elsewhere.id: "running", cluster.id: "running"}
+    assert store.get_run(dead.id).failures == 0  # a kill from outside is not the run's failure
 
 
 def test_heartbeat_replies_carry_on_stop_or_lost(store: Store):
