@@ -28,6 +28,10 @@ How it behaves (checked against tests/fakes/wandb_backend.py, see tests/launch/t
   process killed without finishing (seen with kill -9; W&B documents it). While the service is not
   reachable the sync is left to retry (its back-off is capped at `RETRY_WAIT_MAX_S` so it tries again
   soon after the service is back).
+- A sync of such a folder that fails (exits) instead is retried after at most `stall_s` (the writer is
+  gone: nothing to wait for), and after `give_up_after` failures while the service answered, given up:
+  the folder is left unmarked, named, and `harness sync` uploads it later. So `close` never waits out
+  its whole grace on a folder that cannot be uploaded live.
 
 `sync_sweep` (`harness sync SWEEP_ID`) is the same by hand, for a sweep that ran with no network:
 one `wandb sync` of every folder not yet synced; W&B's `.wandb.synced` markers make a second call
@@ -118,6 +122,7 @@ class _Folder:
     size: int = -1
     grew_at: float = dataclasses.field(default_factory=time.monotonic)
     done: bool = False
+    given_up: bool = False  # done without being uploaded (see LiveSyncer.give_up_after)
 
 
 class LiveSyncer:
@@ -125,7 +130,7 @@ class LiveSyncer:
 
     def __init__(self, root: Path, sweep_id: str, python: str | None = None, poll_s: float = 2.0,
                  max_processes: int = 8, backoff_s: float = 5.0, max_backoff_s: float = 300.0,
-                 stall_s: float = 30.0, echo: Callable[[str], None] = print) -> None:
+                 stall_s: float = 30.0, give_up_after: int = 3, echo: Callable[[str], None] = print) -> None:
         self.root = Path(root)
         self.sweep_id = sweep_id
         self.python = python or sys.executable
@@ -134,6 +139,7 @@ class LiveSyncer:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.stall_s = stall_s
+        self.give_up_after = give_up_after
         self.echo = echo
         self.log_dir = self.root / sweep_folder_name(sweep_id) / SYNC_LOG_DIR
         self.folders: dict[Path, _Folder] = {}
@@ -225,7 +231,16 @@ class LiveSyncer:
                 record.done = True
                 return
             record.failures += 1
+            if superseded and record.failures >= self.give_up_after and self._reachable_for(0.0, now):
+                # Its writer is gone and the service answers, yet the sync keeps failing: stop trying
+                # live (the launcher would wait for it forever); `harness sync` can upload it later.
+                record.done = record.given_up = True
+                self.echo(f"[sync] run {run_id}: gave up the live sync of {record.path.name} after "
+                          f"{record.failures} failures (exit {code}); see {self._log(run_id)}")
+                return
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** (record.failures - 1))
+            if superseded:  # the writer is gone: nothing to wait for but the service
+                delay = min(delay, self.stall_s)
             record.retry_at = now + delay
             self.echo(f"[sync] run {run_id}: sync of {record.path.name} failed (exit {code}); retrying in "
                       f"{delay:.0f} s; see {self._log(run_id)}")

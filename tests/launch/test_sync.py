@@ -136,11 +136,7 @@ def test_history_arrives_while_the_run_trains_on_a_box(offline_runs, tmp_path, s
 
 @pytest.mark.parametrize("interruption", [
     "launcher-sigterm",
-    # Known defect, left out of the suite: in a fresh-clone run the launcher did not exit within 300 s after
-    # its run was killed -9 (the live sync of the killed process's folder was not ended), while it passed in
-    # the helper's rounds. Until that is fixed, this case would make the suite flaky.
-    pytest.param("run-sigkill", marks=pytest.mark.skip(
-        reason="known defect: after a kill -9'd run the launcher can wait out its whole sync grace (issue 15)")),
+    "run-sigkill",
 ])
 def test_an_interrupted_and_resumed_run_is_one_wandb_run_with_each_step_once(offline_runs, tmp_path, synth_dir,
                                                                              prepared_cache, interruption):

@@ -68,3 +68,26 @@ def test_the_service_probe_follows_the_fake_service_up_and_down(wandb_backend):
     assert sync.service_reachable(wandb_backend.url) is False
     wandb_backend.outage = False
     assert sync.service_reachable() is True  # WANDB_BASE_URL, as the sync processes see it
+
+
+def test_a_sync_that_keeps_failing_after_its_writer_is_gone_is_given_up_not_waited_for(tmp_path, wandb_backend):
+    """The launcher's `close` must not wait out its grace on a folder that cannot be uploaded live. The
+    sync program here always exits 1 (a stand-in for `wandb beta sync` failing on a file, which the real
+    client cannot be made to do on purpose); the service (the fake) answers, the writers are gone, and a
+    back-off of 100 s would outlast the 60 s grace: each folder is tried 3 times, then given up, unmarked,
+    and close says how to upload them later."""
+    failing = tmp_path / "failing-python"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    first = offline_folder(tmp_path, "local-a", "r1", "20261202_090000")
+    second = offline_folder(tmp_path, "local-a", "r1", "20261202_100000")
+    said: list[str] = []
+    syncer = sync.LiveSyncer(tmp_path, "local-a", python=str(failing), poll_s=0.05, backoff_s=100.0, stall_s=0.2,
+                             echo=said.append).start()
+    assert syncer.close(timeout_s=60) is False
+    for folder in (first, second):
+        assert syncer.folders[folder].given_up and syncer.folders[folder].failures == 3
+        assert not sync.is_synced(folder)  # left for `harness sync`
+    assert syncer.started == 6
+    assert sum("gave up the live sync" in line for line in said) == 2
+    assert any("2 folder(s) not uploaded yet: `harness sync local-a" in line for line in said), said
