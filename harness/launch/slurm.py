@@ -438,7 +438,11 @@ class SlurmController:
             # used to be marked failed for good). A new job resumes it from its folder.
             state = "preempted"
         elif not started_here:
-            state = "failed"  # the job never started the run: its setup, Python or node is broken
+            # The job never started the run: its setup, Python or node is broken, or its job step was
+            # killed (found by the chaos test: kill -9 of a job step before its run began left the run
+            # failed for good). Not the run's own bug: crashed, one attempt spent, submitted again; three
+            # such jobs in a row stop the submitting (a broken setup fails every job).
+            state = "crashed"
             self.job_failures += 1
             error = error or f"job {item.job.job_id} ended ({job_state or 'unknown'}) before starting the run"
         else:

@@ -38,6 +38,7 @@ from harness import processes as processes_module
 from harness.run import lease
 from harness.sweep.store import Store
 from tests.conftest import tiny_overrides
+from tests.launch import test_slurm_outages as slurm_outages
 from tests.launch.conftest import create_sweep, launch, wait_until
 
 SEED = int(os.environ.get("CHAOS_SEED", "12"))
@@ -123,7 +124,8 @@ class Event:
     signum: int
 
     def describe(self) -> str:
-        what = "scancel" if self.target == "scancel" else f"{signal.Signals(self.signum).name} {self.target}"
+        what = (self.target if self.target in ("scancel", "outage")
+                else f"{signal.Signals(self.signum).name} {self.target}")
         return f"+{self.after_s:4.1f} s  {what}"
 
 
@@ -180,6 +182,16 @@ class Chaos:
             self.signal_process(proc, event.signum)
             self.launcher.wait(timeout=180)  # SIGTERM: the agents' runs save first
             self.start_launcher(resume=True)
+            return
+        if event.target == "outage":  # slurmctld and slurmdbd down for longer than the launcher's grace
+            outage_s = float(os.environ["HARNESS_SLURM_UNKNOWN_GRACE_S"]) * 1.5
+            try:
+                slurm_outages._stop_daemon("slurmctld")
+                slurm_outages._stop_daemon("slurmdbd")
+                self.kills.append({"time": time.time(), "kind": "scheduler", "signal": "outage"})
+                time.sleep(outage_s)  # the outage's length is the event itself, not a wait for a state
+            finally:
+                slurm_outages._restore_cluster()
             return
         if event.target == "scancel":
             with Store(self.root) as store:
@@ -266,6 +278,7 @@ def check_outcome(chaos: Chaos, monitor: Monitor, started: float) -> dict[str, A
         "kill9": sum(kill["signal"] == "SIGKILL" for kill in chaos.kills),
         "scancel": sum(kill["signal"] == "scancel" for kill in chaos.kills),
         "sigterm": sum(kill["signal"] == "SIGTERM" for kill in chaos.kills),
+        "outages": sum(kill["signal"] == "outage" for kill in chaos.kills),
         "by_kind": {kind: sum(kill["kind"] == kind for kill in chaos.kills) for kind in ("trainer", "agent", "job", "launcher")},
         "trainer_starts": trainer_starts, "epochs_started": epochs_started,
         "epochs_lost": epochs_started - CELLS * EPOCHS,
@@ -349,10 +362,12 @@ def test_chaos_on_this_machine_every_cell_finishes_once_with_exact_histories(tmp
 def test_chaos_on_slurm_every_cell_finishes_once_with_exact_histories(tmp_path, slurm_cluster, synth_dir,
                                                                      prepared_cache, monkeypatch):
     """`--slurm local --parallel 2`: scancels, kill -9s of job steps (submitit's job process) and of
-    training processes, SIGTERMs of training processes, and the launcher killed -9 and restarted."""
+    training processes, SIGTERMs of training processes, the launcher killed -9 and restarted, and one
+    outage of slurmctld and slurmdbd together (15 s, longer than the launcher's 10 s grace)."""
     # A job that sacct and squeue no longer list is gone after this long (default 120 s).
     monkeypatch.setenv("HARNESS_SLURM_UNKNOWN_GRACE_S", "10")
-    counts = {("scancel", 0): 3, ("job", KILL): 3, ("trainer", KILL): 3, ("launcher", KILL): 3, ("trainer", TERM): 1}
+    counts = {("scancel", 0): 3, ("job", KILL): 3, ("trainer", KILL): 3, ("launcher", KILL): 3, ("trainer", TERM): 1,
+              ("outage", 0): 1}
     figures = _run_chaos(tmp_path, synth_dir, prepared_cache, ["--slurm", "local", "--parallel", "2"],
                          counts, gaps_s=(3.0, 6.0), first_s=12.0)
-    assert figures["kill9"] + figures["scancel"] >= 10
+    assert figures["kill9"] + figures["scancel"] >= 10 and figures["outages"] == 1

@@ -209,7 +209,9 @@ def test_jobs_that_cannot_start_their_run_fail_fast_and_stop_the_launcher(tmp_pa
     assert process.wait(timeout=150) == 1, log.read_text()
     with Store(root) as store:
         runs = store.runs(sweep_id)
-    assert [run.state for run in runs] == ["failed"] * 3  # no more than the 3 that showed the problem
+    # No more than the 3 that showed the problem; crashed, not failed (the runs are not at fault: `--resume`
+    # after the setup is mended runs them), one attempt spent each.
+    assert [(run.state, run.attempts, run.failures) for run in runs] == [("crashed", 1, 1)] * 3
     assert "before starting the run" in log.read_text() and "jobs in a row" in log.read_text()
 
 
@@ -242,6 +244,32 @@ def test_a_job_cancelled_by_someone_else_before_its_run_started_is_resubmitted_n
     text = log.read_text()
     assert f"job {first_job}: run {run.id} preempted" in text and "before starting the run" not in text, text
     assert run.state == "finished" and run.job_id != first_job and run.failures == 0
+    assert epochs_logged(root, sweep_id, run.id) == [1]
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_once_before_starting_its_run_is_resubmitted_with_one_attempt_spent(tmp_path, slurm_cluster):
+    """Found by the chaos test: a job step killed -9 before it started the run (here: the first job's
+    setup fails once, as a flaky node would) left the run `failed` for good. It is crashed now, one
+    attempt spent, and a new job finishes it; only several such jobs in a row stop the launcher."""
+    root = tmp_path / "runs"
+    sweep_id = create_sweep(root, fake_sweep_spec([0.1], epochs=1, epoch_s=0.1))
+    marker = tmp_path / "first-job-seen"
+    profiles_file = tmp_path / "slurm.yaml"
+    profiles_file.write_text("profiles:\n  flaky-setup:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
+                             f"    time_min: 30\n    parallel: 1\n    setup: ['test -e {marker} || {{ touch {marker}; exit 3; }}']\n")
+    log = tmp_path / "launch.log"
+    process = launch(["--slurm", "flaky-setup", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log)
+    try:
+        assert process.wait(timeout=150) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with Store(root) as store:
+        (run,) = store.runs(sweep_id)
+    text = log.read_text()
+    assert f"run {run.id} crashed" in text and "before starting the run" in text, text
+    assert (run.state, run.attempts, run.failures) == ("finished", 2, 1)
     assert epochs_logged(root, sweep_id, run.id) == [1]
 
 
