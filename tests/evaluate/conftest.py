@@ -58,3 +58,20 @@ def tuned_copy(tuned_run: tuple[Path, str], tmp_path: Path) -> Path:
     target = tmp_path / "tuned" / SMOKE_RUN_ID
     shutil.copytree(tuned_run[0], target)
     return target
+
+
+@pytest.fixture(scope="session")
+def trained_presence_run(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, prepared_cache: Path) -> Path:
+    """A run trained with `presence_head: true` (the same tiny recipe, AdamW with a cosine schedule, as a
+    CPU recipe run would use). Read-only."""
+    from harness.run import train
+
+    overrides = tiny_overrides(synth_dir, prepared_cache, val_fraction=0.25, presence_head=True, optimizer="adamw",
+                               lr_schedule="cosine", warmup_epochs=0.5, monitor="val_kaggle_dice")
+    config = config_module.build_config(overrides=overrides)
+    run_dir = tmp_path_factory.mktemp("evaluate-runs") / "single" / "head"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        summary = train.train(config, run_dir, "head", verbose=0)
+    assert summary["status"] == "finished", summary
+    return run_dir

@@ -140,6 +140,42 @@ def test_presence_logits_are_cached_beside_the_validation_logits_and_searched(pr
     _check_submission_image(out, [runs.load_model(presence_run)], synth_dir / "test_images", document)
 
 
+@pytest.mark.slow
+def test_a_run_trained_with_the_presence_head_is_tuned_on_its_classifier_evaluated_and_predicted(
+        trained_presence_run: Path, synth_dir: Path, tmp_path: Path):
+    """The whole chain on a model the trainer built and trained with the head (not a hand-built one):
+    postprocess gates on the head's probabilities, evaluate reuses the tuning, predict writes them."""
+    run_dir = _copy_run(trained_presence_run, tmp_path / "single" / "head")
+    result = _invoke("postprocess", run_dir, "--presence", "classifier", "--keep-top", "--folds", "2")
+    assert result.exit_code == 0, result.output
+    document = json.loads((run_dir / "postprocess.json").read_text())
+    assert document["presence_head"] is True and document["presence"]["source"] == "classifier"
+    assert document["holdout"]["folds"] == 2 and len(document["holdout"]["per_fold"]) == 2
+    # The gate's scores are the trained head's own probabilities on the validation images.
+    run = runs.load_run(run_dir)
+    validation = runs.validation_split(run.config)
+    model = runs.load_model(run_dir)
+    maps = runs.validation_maps(run_dir, validation, model_loader=lambda: None)  # from the cache
+    fresh = runs.predict_maps(model, validation.images, progress=False)
+    assert fresh.presence is not None and fresh.presence.shape == (len(validation.images), 4)
+    np.testing.assert_allclose(maps.presence, fresh.presence, atol=1e-6)
+    masks = postprocess.apply_postprocess(maps.probabilities, document, maps.presence)
+    scores = postprocess.dice_by_class(masks, validation.masks)
+    for channel, name in enumerate(CLASSES):
+        entry = document["classes"][name]
+        assert scores[channel] == pytest.approx(entry["dice_after"], abs=1e-9)  # what tuning reported is what applying gives
+        assert entry["dice_after"] >= entry["dice_empty"] - 1e-12  # never below predicting nothing
+    result = _invoke("evaluate", run_dir, "--augment", "none", "--overlays", "2")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["postprocess"]["presence"]["source"] == "classifier"
+    assert evaluation["results"]["plain"]["kaggle_dice_post"] == pytest.approx(document["mean"]["dice_after"], abs=1e-6)
+    out = tmp_path / "submission.csv"
+    result = _invoke("predict", run_dir, "--images", synth_dir / "test_images", "--out", out)
+    assert result.exit_code == 0, result.output
+    _check_submission_image(out, [model], synth_dir / "test_images", document)
+
+
 def _check_submission_image(out: Path, models: list, images_dir: Path, document: dict, tta: str = "none") -> None:
     """The CSV rows of one test image are the post-processed average of the models' maps, resized."""
     from harness.data import cache
