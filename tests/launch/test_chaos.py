@@ -1,6 +1,7 @@
 """The chaos test: a 12-cell grid of real `python -m harness.train` runs (TensorFlow on CPU, tiny
 generated data) under a seeded random schedule of kill -9s and SIGTERMs of training processes,
-agents / SLURM jobs and the launcher itself (restarted with `--resume`).
+agents / SLURM jobs and the launcher itself (restarted with `--resume`), and in the SLURM variant an
+outage of the scheduler (slurmctld and slurmdbd stopped, then started again).
 
 Afterwards, from the store and the run folders: 12 finished runs, each grid cell exactly once,
 every metrics.jsonl holds epochs 1..N exactly once at the optimizer steps of an uninterrupted run,
@@ -132,8 +133,7 @@ class Event:
 def make_schedule(rng: random.Random, counts: dict[tuple[str, int], int], first_s: float,
                   gaps_s: tuple[float, float]) -> list[Event]:
     """Shuffled events; the last is a launcher kill -9, so the final launcher starts with `--resume`
-    after every other kill (a run whose agent was killed -9 is judged crashed by `--resume` at once;
-    without it only after the agents' 120 s heartbeat timeout)."""
+    after every other kill (`--resume` judges the runs of dead holders crashed at once)."""
     kinds = [kind for kind, count in counts.items() for _ in range(count)]
     last = ("launcher", int(signal.SIGKILL))
     kinds.remove(last)
