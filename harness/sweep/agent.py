@@ -39,7 +39,7 @@ from typing import Callable
 from harness import processes
 from harness.run import lease as lease_module
 from harness.sweep import controller, engine, spec as sweep_spec
-from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep
+from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep, local_agent_id
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_STALE_AFTER_S = 120.0
@@ -69,7 +69,7 @@ def run_agent(
     store = Store(root)
     sweep = store.get_sweep(sweep_id)
     host = socket.gethostname()
-    agent = f"{host}:{os.getpid()}"
+    agent = local_agent_id(host, os.getpid())
     gpu = gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
     say = echo or (lambda line: print(f"[agent {agent}] {line}", file=sys.stderr, flush=True))
     signals = processes.SignalFlag().install()

@@ -627,8 +627,13 @@ def _run_from_row(row: sqlite3.Row) -> Run:
     )
 
 
+def local_agent_id(host: str, pid: int) -> str:
+    """The store's agent id of a local agent process (harness.sweep.agent): `HOST:PID`."""
+    return f"{host}:{pid}"
+
+
 def _local_agent_gone(agent: str | None, host: str) -> bool:
-    """Is `agent` a local agent of `host` (id `HOST:PID`, harness.sweep.agent) whose process has ended?"""
+    """Is `agent` a local agent of `host` (`local_agent_id`) whose process has ended?"""
     name, _, pid = (agent or "").rpartition(":")
     return name == host and pid.isdigit() and not processes.pid_alive(int(pid))
 

@@ -17,13 +17,20 @@ SMOKE_RUN_ID = "smoke"
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, prepared_cache: Path) -> Path:
     """A run folder trained for 2 epochs on the generated data (64x96, a 3-level UNet of 4 filters). Read-only."""
+    return train_tiny(tmp_path_factory, synth_dir, prepared_cache, SMOKE_RUN_ID)
+
+
+def train_tiny(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, prepared_cache: Path, run_id: str,
+               **changes: object) -> Path:
+    """Train a tiny run (`tiny_overrides` with a 0.25 validation share, + `changes`) into its own folder
+    `<tmp>/single/<run_id>`, W&B off; returns the folder."""
     from harness.run import train
 
-    config = config_module.build_config(overrides=tiny_overrides(synth_dir, prepared_cache, val_fraction=0.25))
-    run_dir = tmp_path_factory.mktemp("evaluate-runs") / "single" / SMOKE_RUN_ID
+    config = config_module.build_config(overrides=tiny_overrides(synth_dir, prepared_cache, val_fraction=0.25, **changes))
+    run_dir = tmp_path_factory.mktemp(f"evaluate-{run_id}") / "single" / run_id
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
-        summary = train.train(config, run_dir, SMOKE_RUN_ID, verbose=0)
+        summary = train.train(config, run_dir, run_id, verbose=0)
     assert summary["status"] == "finished", summary
     return run_dir
 
@@ -64,14 +71,5 @@ def tuned_copy(tuned_run: tuple[Path, str], tmp_path: Path) -> Path:
 def trained_presence_run(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, prepared_cache: Path) -> Path:
     """A run trained with `presence_head: true` (the same tiny recipe, AdamW with a cosine schedule, as a
     CPU recipe run would use). Read-only."""
-    from harness.run import train
-
-    overrides = tiny_overrides(synth_dir, prepared_cache, val_fraction=0.25, presence_head=True, optimizer="adamw",
-                               lr_schedule="cosine", warmup_epochs=0.5, monitor="val_kaggle_dice")
-    config = config_module.build_config(overrides=overrides)
-    run_dir = tmp_path_factory.mktemp("evaluate-runs") / "single" / "head"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WANDB_MODE", "disabled")
-        summary = train.train(config, run_dir, "head", verbose=0)
-    assert summary["status"] == "finished", summary
-    return run_dir
+    return train_tiny(tmp_path_factory, synth_dir, prepared_cache, "head", presence_head=True, optimizer="adamw",
+                      lr_schedule="cosine", warmup_epochs=0.5, monitor="val_kaggle_dice")

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from harness import CLASSES
-from harness import config as config_module
 from harness import io
 from harness.cli import main
 from harness.data import rle
 from harness.evaluate import ensemble, postprocess, predict, runs
 from harness.sweep.store import Store
-from tests.conftest import CACHE_SIZE, tiny_overrides
+from tests.conftest import CACHE_SIZE
+from tests.evaluate.conftest import train_tiny
 
 
 def _invoke(*args: object):
@@ -86,15 +86,7 @@ def test_flip_tta_averages_presence_probabilities_too():
 @pytest.fixture(scope="session")
 def second_run(tmp_path_factory: pytest.TempPathFactory, synth_dir: Path, prepared_cache: Path) -> Path:
     """A second tiny run on the same split as `trained_run` (another model: 2 base filters). Read-only."""
-    from harness.run import train
-
-    config = config_module.build_config(overrides=tiny_overrides(synth_dir, prepared_cache, val_fraction=0.25, filters=2))
-    run_dir = tmp_path_factory.mktemp("evaluate-second") / "single" / "second"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WANDB_MODE", "disabled")
-        summary = train.train(config, run_dir, "second", verbose=0)
-    assert summary["status"] == "finished", summary
-    return run_dir
+    return train_tiny(tmp_path_factory, synth_dir, prepared_cache, "second", filters=2)
 
 
 def _copy_run(source: Path, target: Path) -> Path:
