@@ -22,19 +22,22 @@ def members_options(function):
                                  "[default with --sweep: ROOT/SWEEP_ID/ensemble-topK].")(function)
     function = sweep_commands.store_option(function)
     function = click.option("--root", default=None, help="Runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs).")(function)
+    function = click.option("--rank-by", type=click.Choice(["metric", "held-out"]), default="metric", show_default=True,
+                            help="With --sweep: rank the finished runs by the sweep's metric, or by each run's own "
+                                 "post-processed held-out score (postprocess tunes the runs without one).")(function)
     function = click.option("--top", type=click.IntRange(min=1), default=None,
-                            help="With --sweep: the K best finished runs by the sweep's metric [default: 1].")(function)
+                            help="With --sweep: the K best finished runs (see --rank-by) [default: 1].")(function)
     function = click.option("--sweep", "sweep_id", default=None,
                             help="Use the best finished runs of this local sweep instead of RUN_DIRs.")(function)
     return click.argument("run_dirs", nargs=-1, type=RUN_DIR)(function)
 
 
 def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None, out_dir: Path | None,
-            data_dir: str | None = None, cache_dir: str | None = None):
+            data_dir: str | None = None, cache_dir: str | None = None, rank_by: str = "metric", tune=None):
     from harness.evaluate import ensemble
 
     target = ensemble.resolve(run_dirs, sweep_id=sweep_id, top=top, root=root, out_dir=out_dir,
-                              data_dir=data_dir, cache_dir=cache_dir)
+                              data_dir=data_dir, cache_dir=cache_dir, rank_by=rank_by, tune=tune)
     if target.is_ensemble:
         click.echo(f"{target.label}: members share the validation split ({', '.join(ensemble.SPLIT_KEYS)} checked); "
                    f"writing into {target.folder}")
@@ -62,8 +65,8 @@ def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, r
 @click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
               help="Use only the first N validation images (0: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --trials and of the folds.")
-def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
-                        out_dir: Path | None, trials: int | None, mask_rule: bool, presence: str,
+def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, rank_by: str,
+                        root: str | None, out_dir: Path | None, trials: int | None, mask_rule: bool, presence: str,
                         top_k: int, keep_top: bool, folds: int, tta: str, data_dir: str | None, cache_dir: str | None,
                         limit: int, seed: int) -> None:
     """Tune per-class post-processing on the validation split of a run or an ensemble of runs.
@@ -77,9 +80,16 @@ def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: i
 
     if folds == 1:
         raise HarnessError("--folds 1 leaves nothing to tune on: use 2 or more (or 0 for no held-out estimate)")
-    target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir)
-    document = postprocess.tune_target(target, trials=trials or 0, mask_rule=mask_rule, presence=presence, top_k=top_k,
-                                       keep_top=keep_top, folds=folds, tta=tta, limit=limit, seed=seed)
+    from harness.evaluate import ensemble
+
+    options = dict(trials=trials or 0, mask_rule=mask_rule, presence=presence, top_k=top_k, keep_top=keep_top,
+                   folds=folds or 2, tta=tta, limit=limit, seed=seed)
+
+    def tune_member(folder: Path) -> None:  # --rank-by held-out: a run with no held-out score yet, tuned alike
+        postprocess.tune_target(ensemble.resolve([folder], data_dir=data_dir, cache_dir=cache_dir), **options)
+
+    target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir, rank_by, tune_member)
+    document = postprocess.tune_target(target, **{**options, "folds": folds})
     click.echo(postprocess.format_table(document))
     click.echo(postprocess.summary_line(document))
     search = document["search"]
@@ -101,7 +111,7 @@ def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: i
               help="Use only the first N validation images (0: all).")
 @click.option("--overlays", type=click.IntRange(min=0), default=6, show_default=True,
               help="Validation images drawn in plots/overlays.png.")
-def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
+def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, rank_by: str, root: str | None,
                      out_dir: Path | None, augment: str | None, tta: str, data_dir: str | None, cache_dir: str | None,
                      limit: int, overlays: int) -> None:
     """Score a run or an ensemble on its validation split (plain, augmented, TTA; raw and post-processed).
@@ -114,7 +124,7 @@ def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int 
 
     if augment is not None and augment not in AUGMENTATIONS:
         raise HarnessError(f"--augment {augment!r} is not one of: {', '.join(AUGMENTATIONS)}")
-    target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir)
+    target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir, rank_by)
     document = evaluate.evaluate_target(target, augment=augment, tta=tta, limit=limit, overlays=overlays)
     click.echo(evaluate.format_report(document))
     click.echo(f"wrote {target.folder / evaluate.EVALUATION_FILE} and {len(document['plots'])} plots in {target.folder / 'plots'}"
@@ -133,14 +143,14 @@ def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int 
 @click.option("--tta", type=click.Choice(["none", "flips"]), default=None,
               help="flips: average the predictions of the image and its horizontal and vertical flips "
                    "[default: what the post-processing was tuned with].")
-def predict_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, root: str | None,
+def predict_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, rank_by: str, root: str | None,
                     out_dir: Path | None, images_dir: Path, out: Path, sample_submission: Path | None, batch_size: int,
                     tta: str | None) -> None:
     """Write a challenge submission (Image_Label,EncodedPixels at 350x525) for the images in --images,
     from one run or the average of an ensemble's members."""
     from harness.evaluate import predict
 
-    target = _target(run_dirs, sweep_id, top, root, out_dir)
+    target = _target(run_dirs, sweep_id, top, root, out_dir, rank_by=rank_by)
     result = predict.predict_target(target, images_dir, out=out, sample_submission=sample_submission,
                                     batch_size=batch_size, tta=tta)
     click.echo(f"wrote {result['path']}: {result['rows']} rows for {result['images']} images "

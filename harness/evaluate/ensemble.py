@@ -3,8 +3,8 @@
 A TARGET is a folder that receives postprocess.json and evaluation.json, and its MEMBERS, the runs whose
 probabilities (and presence scores) are averaged:
 - one run folder: the run itself (the folder is its own target, as before ensembles);
-- several run folders, or `--sweep ID --top K` (the sweep's K best finished runs by its metric): an
-  ensemble; its folder (`--out-dir`, default `<root>/<sweep_id>/ensemble-top<K>` for a sweep) gets an
+- several run folders, or `--sweep ID --top K` (the sweep's K best finished runs by its metric, or with
+  `--rank-by held-out` by their own post-processed held-out score): an ensemble; its folder (`--out-dir`, default `<root>/<sweep_id>/ensemble-top<K>` for a sweep) gets an
   ensemble.json naming the members;
 - a folder holding ensemble.json: that ensemble again (how `harness evaluate` and `harness predict`
   reuse what `harness postprocess` tuned).
@@ -28,6 +28,7 @@ from harness.evaluate import runs as runs_module
 
 ENSEMBLE_FILE = "ensemble.json"
 SPLIT_KEYS = ("data_dir", "image_size", "val_fraction", "seed")
+RANKINGS = ("metric", "held-out")
 
 
 @dataclasses.dataclass
@@ -64,15 +65,21 @@ def resolve(
     out_dir: str | os.PathLike[str] | None = None,
     data_dir: str | None = None,
     cache_dir: str | None = None,
+    rank_by: str = "metric",
+    tune: Callable[[Path], None] | None = None,
 ) -> Target:
-    """The target of a command's arguments (see the module docstring); the members' split is checked."""
+    """The target of a command's arguments (see the module docstring); the members' split is checked.
+
+    `rank_by`, `tune`: see `sweep_top_runs`."""
     run_dirs = [Path(path) for path in run_dirs]
     if sweep_id and run_dirs:
         raise HarnessError("give run folders or --sweep ID, not both")
     if top is not None and not sweep_id:
         raise HarnessError("--top needs --sweep ID")
+    if rank_by != "metric" and not sweep_id:
+        raise HarnessError("--rank-by needs --sweep ID")
     if sweep_id:
-        run_dirs = sweep_top_runs(sweep_id, top or 1, root)
+        run_dirs = sweep_top_runs(sweep_id, top or 1, root, rank_by=rank_by, tune=tune)
         folder = Path(out_dir) if out_dir else run_dirs[0].parent / f"ensemble-top{top or 1}"
     elif not run_dirs:
         raise HarnessError("no run folder given (give RUN_DIR..., or --sweep ID --top K)")
@@ -97,13 +104,22 @@ def resolve(
     return target
 
 
-def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Run folders of the `top` best finished runs of a local sweep (by its metric and goal)."""
+def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None = None, rank_by: str = "metric",
+                   tune: Callable[[Path], None] | None = None) -> list[Path]:
+    """Run folders of the `top` best finished runs of a local sweep.
+
+    rank_by "metric": by the sweep's metric and goal (what the search optimised: on this data the raw
+    val_kaggle_dice, a poor guide to the post-processed score). "held-out": by each run's own
+    post-processed held-out estimate (`mean.dice_held_out` of its postprocess.json); `tune(folder)` is
+    called first for the runs without one (`harness postprocess` does that), else they are an error.
+    """
     from harness.sweep import controller, status
     from harness.sweep.store import Store
 
     if top < 1:
         raise HarnessError(f"--top must be >= 1, got {top}")
+    if rank_by not in RANKINGS:
+        raise HarnessError(f"--rank-by {rank_by!r} is not one of: {', '.join(RANKINGS)}")
     with Store(root, read_only=True) as store:
         sweep = store.get_sweep(sweep_id)
         finished = [run for run in store.runs(sweep_id, states=["finished"]) if run.best_metric is not None]
@@ -111,14 +127,37 @@ def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None 
         store_root = store.root
     if not ranked:
         raise HarnessError(f"sweep {sweep_id} has no finished run with a metric yet: nothing to ensemble")
-    chosen = ranked[:top]
-    folders = [controller.run_dir(store_root, sweep_id, run.id) for run in chosen]
-    missing = [str(folder) for folder in folders if not (folder / runs_module.BEST_FILE).exists()]
+    folders = [controller.run_dir(store_root, sweep_id, run.id) for run in ranked]
+    if rank_by == "held-out":
+        folders = _ranked_by_held_out(folders, tune)
+    chosen = folders[:top]
+    missing = [str(folder) for folder in chosen if not (folder / runs_module.BEST_FILE).exists()]
     if missing:
         raise HarnessError(f"sweep {sweep_id}: no {runs_module.BEST_FILE} in {', '.join(missing)}")
     if len(chosen) < top:
         print(f"note: sweep {sweep_id} has only {len(chosen)} finished run(s); using them all")
-    return folders
+    return chosen
+
+
+def _ranked_by_held_out(folders: list[Path], tune: Callable[[Path], None] | None) -> list[Path]:
+    """`folders` best held-out first (ties: the given order); the untuned ones tuned first by `tune`."""
+    from harness.evaluate.postprocess import held_out_score
+
+    untuned = [folder for folder in folders if held_out_score(folder) is None]
+    if untuned and tune is None:
+        raise HarnessError(f"--rank-by held-out: {len(untuned)} run(s) have no held-out score yet "
+                           f"({', '.join(folder.name for folder in untuned)}): run `harness postprocess --sweep ... "
+                           "--rank-by held-out` (it tunes them) first")
+    for position, folder in enumerate(untuned, start=1):
+        print(f"tuning run {folder.name} ({position} of {len(untuned)} without a held-out score) to rank it")
+        tune(folder)
+    scores = {folder: held_out_score(folder) for folder in folders}
+    missing = [folder.name for folder, score in scores.items() if score is None]
+    if missing:
+        raise HarnessError(f"--rank-by held-out: no held-out score for {', '.join(missing)} (tuned with --folds 0?)")
+    ranked = sorted(folders, key=lambda folder: -scores[folder])
+    print("ranked by held-out: " + ", ".join(f"{folder.name} {scores[folder]:.4f}" for folder in ranked))
+    return ranked
 
 
 def check_shared_split(members: Sequence[runs_module.RunInfo]) -> None:

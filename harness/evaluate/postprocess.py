@@ -599,6 +599,18 @@ def held_out_dice(
 
 # --- a run or an ensemble: tune, save, print -----------------------------------------------------------
 POSTPROCESS_FILE = "postprocess.json"
+
+
+def held_out_score(folder: Path) -> float | None:
+    """The held-out estimate (`mean.dice_held_out`) of a run's or ensemble's postprocess.json; None without one."""
+    from harness import io
+
+    path = Path(folder) / POSTPROCESS_FILE
+    if not path.exists():
+        return None
+    document = io.read_json(path)
+    value = (document.get("mean") or {}).get("dice_held_out") if isinstance(document, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 PRESENCE_CHOICES = ("auto", "off") + PRESENCE_SOURCES
 DEFAULT_FOLDS = 2
 

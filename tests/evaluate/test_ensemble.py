@@ -244,6 +244,39 @@ def test_sweep_top_k_picks_the_best_finished_runs_by_the_sweeps_metric(trained_r
 
 
 @pytest.mark.slow
+def test_rank_by_held_out_tunes_the_untuned_runs_and_ranks_by_their_own_post_processed_score(
+        trained_run: Path, second_run: Path, tmp_path: Path):
+    """On real data the sweep's raw metric ranks runs unlike their post-processed scores (docs/evaluation.md):
+    --rank-by held-out picks by each run's own held-out estimate, tuning the runs without one first."""
+    spec = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
+            "parameters": {"filters": {"values": [4, 2, 3]}}}
+    metric = {4: 0.30, 2: 0.50, 3: 0.10}
+    with Store(tmp_path) as store:
+        sweep_id = store.create_sweep(spec, name="rank-test")
+        while (run := store.claim_run(sweep_id, agent="test", host="here")) is not None:
+            store.record_history(run.id, [{"epoch": 1, "val_dice_coef": metric[run.config["filters"]]}])
+            store.finish_run(run.id, "finished", {"epochs_completed": 1})
+            _copy_run(second_run if run.config["filters"] == 2 else trained_run, tmp_path / sweep_id / run.id)
+        by_filters = {run.config["filters"]: run.id for run in store.runs(sweep_id)}
+    # The sweep's worst run by its metric was tuned already and has the best held-out score of all.
+    worst = tmp_path / sweep_id / by_filters[3]
+    io.atomic_write_json(worst / "postprocess.json", {"mean": {"dice_held_out": 0.999}, "classes": {}})
+    # evaluate and predict only read scores: two runs without one are an error naming them.
+    result = _invoke("evaluate", "--sweep", sweep_id, "--top", "2", "--root", tmp_path, "--rank-by", "held-out")
+    assert result.exit_code == 2, result.output
+    assert "2 run(s) have no held-out score yet" in result.output and by_filters[4] in result.output
+    result = _invoke("postprocess", "--sweep", sweep_id, "--top", "2", "--root", tmp_path, "--rank-by", "held-out",
+                     "--out-dir", tmp_path / "ranked")
+    assert result.exit_code == 0, result.output
+    tuned = {filters: postprocess.held_out_score(tmp_path / sweep_id / run_id) for filters, run_id in by_filters.items()}
+    assert tuned[3] == 0.999 and all(0.0 <= tuned[filters] <= 1.0 for filters in (2, 4))  # both tuned by the command
+    second_best = max((2, 4), key=lambda filters: (tuned[filters], metric[filters]))  # a tie keeps the metric order
+    members = json.loads((tmp_path / "ranked" / "ensemble.json").read_text())
+    assert [Path(path).name for path in members["members"]] == [by_filters[3], by_filters[second_best]]
+    assert "ranked by held-out: " + by_filters[3] + " 0.9990" in result.output
+
+
+@pytest.mark.slow
 def test_members_that_do_not_share_the_split_stop_with_exit_2(trained_run: Path, tmp_path: Path):
     first = _copy_run(trained_run, tmp_path / "single" / "a")
     other = _copy_run(trained_run, tmp_path / "single" / "b")
