@@ -5,11 +5,13 @@
 - `die_with_parent()`: a `preexec_fn` so Linux sends the child SIGTERM when its parent dies, however
   the parent dies (kill -9 included);
 - `SignalFlag`: signal handlers that only record (loops act on them at a safe point);
-- `sleep_unless(seconds, stop)`: a sleep that ends early when `stop()` becomes true.
+- `sleep_unless(seconds, stop)`: a sleep that ends early when `stop()` becomes true;
+- `child_environment()`: this process's environment for a child, less what a child must not inherit.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -17,6 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# wandb sets WANDB_SERVICE in the environment of a process that used wandb (a notebook, a test session,
+# a launcher that called the W&B API): a child inheriting it attaches to that process's wandb-core
+# instead of starting its own. A run killed -9 then leaves its stream open in a service that outlives
+# it, still appending system metrics to its .wandb file until that other process exits: its live sync
+# never sees the file end (seen in CI: tests/launch/test_sync.py, run-sigkill).
+NOT_INHERITED = ("WANDB_SERVICE",)
 
 
 def process_start(pid: int | None) -> str | None:
@@ -37,6 +45,11 @@ def process_start(pid: int | None) -> str | None:
 def pid_alive(pid: int | None) -> bool:
     """Whether process `pid` runs on this host (a zombie does not)."""
     return process_start(pid) is not None
+
+
+def child_environment() -> dict[str, str]:
+    """A copy of os.environ for a child process, without `NOT_INHERITED` (each child its own wandb-core)."""
+    return {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
 
 
 def die_with_parent() -> None:

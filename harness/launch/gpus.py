@@ -286,7 +286,7 @@ class Supervisor:
         slot = agent.slot
         slot.log.parent.mkdir(parents=True, exist_ok=True)
         agent.start_offset = slot.log.stat().st_size if slot.log.exists() else 0
-        env = dict(os.environ)
+        env = processes.child_environment()
         env.update(slot.env)
         with open(slot.log, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start {' '.join(slot.argv)} "

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import submitit
 
-from harness import io
+from harness import io, processes
 
 PLACEMENT_FILE = "slurm.json"
 OUTPUT_FILE = "output.log"
@@ -71,7 +71,7 @@ class _ChildJob(submitit.helpers.Checkpointable):
         return state
 
     def _run_child(self) -> int:
-        env = dict(os.environ)
+        env = processes.child_environment()
         for name in self.unset_env:
             env.pop(name, None)
         env.update(self.env)

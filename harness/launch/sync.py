@@ -265,7 +265,7 @@ class LiveSyncer:
             record.process = subprocess.Popen(
                 [self.python, "-m", "wandb", "beta", "sync", "--live", str(record.path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=processes.die_with_parent, env={**SYNC_ENV, **os.environ},
+                preexec_fn=processes.die_with_parent, env={**SYNC_ENV, **processes.child_environment()},
             )
         self.started += 1
 

@@ -272,7 +272,7 @@ def _send(child: subprocess.Popen, signum: int) -> None:
 
 
 def _child_env(sweep_id: str, run_id: str, root: Path, gpu: str | None) -> dict[str, str]:
-    env = dict(os.environ)
+    env = processes.child_environment()
     env.pop("WANDB_SWEEP_ID", None)  # a local sweep: the run passes its own id to wandb.init
     env.update({
         "WANDB_RUN_ID": run_id,

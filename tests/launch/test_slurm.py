@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -196,16 +197,21 @@ def test_launcher_killed_and_restarted_reattaches_without_losing_or_duplicating_
         assert epochs_logged(root, sweep_id, run.id) == [1, 2, 3]
 
 
+def _launch_with_setup(tmp_path: Path, root: Path, sweep_id: str, setup: str, parallel: int):
+    """The launcher on a profile whose jobs run the shell line `setup` before their run; (process, log)."""
+    profiles_file = tmp_path / "slurm.yaml"
+    profiles_file.write_text("profiles:\n  with-setup:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
+                             f"    time_min: 30\n    parallel: {parallel}\n    setup: [{json.dumps(setup)}]\n")
+    log = tmp_path / "launch.log"
+    return launch(["--slurm", "with-setup", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log), log
+
+
 @pytest.mark.slow
 def test_jobs_that_cannot_start_their_run_fail_fast_and_stop_the_launcher(tmp_path, slurm_cluster):
     root = tmp_path / "runs"
     sweep_id = create_sweep(root, fake_sweep_spec([0.1, 0.2, 0.3, 0.4, 0.5], epochs=1, epoch_s=0.1))
-    profiles_file = tmp_path / "slurm.yaml"
     # A setup line that fails the way a missing module or environment would.
-    profiles_file.write_text("profiles:\n  broken:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
-                             "    time_min: 30\n    parallel: 3\n    setup: ['exit 3']\n")
-    log = tmp_path / "launch.log"
-    process = launch(["--slurm", "broken", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log)
+    process, log = _launch_with_setup(tmp_path, root, sweep_id, "exit 3", parallel=3)
     assert process.wait(timeout=150) == 1, log.read_text()
     with Store(root) as store:
         runs = store.runs(sweep_id)
@@ -222,12 +228,9 @@ def test_a_job_cancelled_by_someone_else_before_its_run_started_is_resubmitted_n
     root = tmp_path / "runs"
     sweep_id = create_sweep(root, fake_sweep_spec([0.1], epochs=1, epoch_s=0.1))
     marker = tmp_path / "first-job-seen"
-    profiles_file = tmp_path / "slurm.yaml"
     # The first job holds in its setup (so it is cancelled before starting the run); later ones go on.
-    profiles_file.write_text("profiles:\n  slow-setup:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
-                             f"    time_min: 30\n    parallel: 1\n    setup: ['test -e {marker} || {{ touch {marker}; sleep 120; }}']\n")
-    log = tmp_path / "launch.log"
-    process = launch(["--slurm", "slow-setup", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log)
+    process, log = _launch_with_setup(tmp_path, root, sweep_id, f"test -e {marker} || {{ touch {marker}; sleep 120; }}",
+                                      parallel=1)
     try:
         wait_until(marker.exists, 60, "the first job in its setup")
         with Store(root) as store:
@@ -255,11 +258,8 @@ def test_a_job_that_fails_once_before_starting_its_run_is_resubmitted_with_one_a
     root = tmp_path / "runs"
     sweep_id = create_sweep(root, fake_sweep_spec([0.1], epochs=1, epoch_s=0.1))
     marker = tmp_path / "first-job-seen"
-    profiles_file = tmp_path / "slurm.yaml"
-    profiles_file.write_text("profiles:\n  flaky-setup:\n    partition: debug\n    cpus_per_job: 1\n    mem_gb: 1\n"
-                             f"    time_min: 30\n    parallel: 1\n    setup: ['test -e {marker} || {{ touch {marker}; exit 3; }}']\n")
-    log = tmp_path / "launch.log"
-    process = launch(["--slurm", "flaky-setup", "--profiles", str(profiles_file), "--sweep", sweep_id], root, log)
+    process, log = _launch_with_setup(tmp_path, root, sweep_id, f"test -e {marker} || {{ touch {marker}; exit 3; }}",
+                                      parallel=1)
     try:
         assert process.wait(timeout=150) == 0, log.read_text()
     finally:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -32,9 +32,38 @@ pytestmark = [pytest.mark.slow]
 TRAIN_COMMAND = ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]
 
 
+# A process that used wandb: its wandb-core serves whoever inherits WANDB_SERVICE, until it exits.
+SERVICE_HOLDER = ("import os, sys, wandb; wandb.setup(); print(os.environ['WANDB_SERVICE'], flush=True); "
+                  "sys.stdin.read()")
+
+
 @pytest.fixture
-def offline_runs(wandb_backend: FakeWandbBackend, monkeypatch: pytest.MonkeyPatch) -> FakeWandbBackend:
-    """The fake backend; runs log offline (as on compute nodes) and flush their .wandb every second."""
+def inherited_wandb_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The launcher starts in an environment naming another process's wandb service (WANDB_SERVICE), as
+    from a notebook or a test session that used wandb before (how CI failed the run-sigkill case: the
+    killed run's stream stayed open in the test process's service, its .wandb file kept growing and
+    its live sync never ended). The runs must start their own."""
+    holder = subprocess.Popen([sys.executable, "-c", SERVICE_HOLDER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    try:
+        token = holder.stdout.readline().strip()
+        assert token, "the service holder printed no WANDB_SERVICE"
+        monkeypatch.setenv("WANDB_SERVICE", token)
+        yield token
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.fixture
+def offline_runs(wandb_backend: FakeWandbBackend, inherited_wandb_service: str,
+                 monkeypatch: pytest.MonkeyPatch) -> FakeWandbBackend:
+    """The fake backend; runs log offline (as on compute nodes) and flush their .wandb every second;
+    the launcher's environment names another process's wandb service (see inherited_wandb_service)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL", "1")

@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
         handle.write(json.dumps({"time": started, "pid": os.getpid(), "resumed_from": state["epoch"]}) + "\n")
     write_json(folder / "fake_argv.json", argv)
     names = ("WANDB_RUN_ID", "WANDB_RUN_GROUP", "HARNESS_SWEEP_ID", "HARNESS_ROOT", "WANDB_MODE",
-             "CUDA_VISIBLE_DEVICES", "WANDB_SWEEP_ID")
+             "CUDA_VISIBLE_DEVICES", "WANDB_SWEEP_ID", "WANDB_SERVICE")
     write_json(folder / "fake_env.json", {**{name: os.environ.get(name) for name in names}, "cwd": os.getcwd()})
     if not (folder / "config.json").exists():
         write_json(folder / "config.json", {**params, "run_id": run_id, "sweep_id": sweep_id})

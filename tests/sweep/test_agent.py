@@ -177,7 +177,8 @@ def test_stopping_the_sweep_stops_running_runs(root, make_sweep, fork_agents):
 
 
 def test_in_process_agent_env_cwd_failures_and_args_json_file(root, make_sweep, tmp_path, monkeypatch):
-    """The child's environment and working directory; a failing run does not stop the agent."""
+    """The child's environment and working directory; a failing run does not stop the agent. A wandb
+    service of the agent's process (WANDB_SERVICE) is not the run's: it starts its own."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     spec = fake_spec(parameters={"fail_at_epoch": {"values": [0, 1]}, "epochs": {"value": 2}})
@@ -186,6 +187,7 @@ def test_in_process_agent_env_cwd_failures_and_args_json_file(root, make_sweep, 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SWEEP_ID", "someone/else/abc")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("WANDB_SERVICE", "3-1234-unix-/tmp/wandb-1234-1235-1/socket")
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.01")
     lines: list[str] = []
     code = sweep_agent.run_agent(sweep_id, root=root, heartbeat_s=0.2, poll_s=0.05, echo=lines.append)
@@ -197,7 +199,8 @@ def test_in_process_agent_env_cwd_failures_and_args_json_file(root, make_sweep, 
     env = json.loads((folder / "fake_env.json").read_text())
     assert env == {"WANDB_RUN_ID": runs[0].id, "WANDB_RUN_GROUP": sweep_id, "HARNESS_SWEEP_ID": sweep_id,
                    "HARNESS_ROOT": str(Path(root).absolute()), "WANDB_MODE": "offline",
-                   "CUDA_VISIBLE_DEVICES": "3", "WANDB_SWEEP_ID": None, "cwd": str(workdir)}
+                   "CUDA_VISIBLE_DEVICES": "3", "WANDB_SWEEP_ID": None, "WANDB_SERVICE": None,
+                   "cwd": str(workdir)}
     argv = json.loads((folder / "fake_argv.json").read_text())
     assert argv == ["--config", str(folder / "args.json")]
     assert json.loads((folder / "args.json").read_text()) == {"fail_at_epoch": 0, "epochs": 2}
