@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # Flake hunt: run the tests matching K (a pytest -k expression) N times in a row; stops at the first failure.
 #   make test-repeat N=10 K=slurm        (the SLURM tests; the test cluster starts itself)
