@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -46,8 +47,9 @@ def inherited_wandb_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     holder = subprocess.Popen([sys.executable, "-c", SERVICE_HOLDER], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "WANDB_MODE": "offline"})
     try:
-        token = holder.stdout.readline().strip()
-        assert token, "the service holder printed no WANDB_SERVICE"
+        ready, _, _ = select.select([holder.stdout], [], [], 120)
+        token = holder.stdout.readline().strip() if ready else ""
+        assert token, f"the service holder printed no WANDB_SERVICE within 120 s (exit {holder.poll()})"
         monkeypatch.setenv("WANDB_SERVICE", token)
         yield token
     finally:
