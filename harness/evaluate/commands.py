@@ -58,6 +58,8 @@ def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, r
 @click.option("--keep-top", is_flag=True, help="Never gate away each image's most likely class (every image has one).")
 @click.option("--folds", type=click.IntRange(min=0), default=2, show_default=True,
               help="Held-out estimate: tune on K-1 folds of the validation images, score on the last, K times (0: none).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Held-out estimate: the mean over this many fold splits (seeds SEED, SEED+1, ...); each is reported.")
 @click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
               help="Tune on flip-TTA maps (mean of the image and its flips); `harness predict` then uses the same.")
 @click.option("--data-dir", default=None, help=DATA_DIR_HELP)
@@ -67,8 +69,8 @@ def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, r
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --trials and of the folds.")
 def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, rank_by: str,
                         root: str | None, out_dir: Path | None, trials: int | None, mask_rule: bool, presence: str,
-                        top_k: int, keep_top: bool, folds: int, tta: str, data_dir: str | None, cache_dir: str | None,
-                        limit: int, seed: int) -> None:
+                        top_k: int, keep_top: bool, folds: int, repeats: int, tta: str, data_dir: str | None,
+                        cache_dir: str | None, limit: int, seed: int) -> None:
     """Tune per-class post-processing on the validation split of a run or an ensemble of runs.
 
     Per class: a presence gate, a threshold and a minimum component size, or "drop" (predict nothing)
@@ -80,10 +82,12 @@ def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: i
 
     if folds == 1:
         raise HarnessError("--folds 1 leaves nothing to tune on: use 2 or more (or 0 for no held-out estimate)")
+    if repeats > 1 and folds == 0:
+        raise HarnessError("--repeats needs a held-out estimate: drop --folds 0")
     from harness.evaluate import ensemble
 
     options = dict(trials=trials or 0, mask_rule=mask_rule, presence=presence, top_k=top_k, keep_top=keep_top,
-                   folds=folds or 2, tta=tta, limit=limit, seed=seed)
+                   folds=folds or 2, repeats=repeats, tta=tta, limit=limit, seed=seed)
 
     def tune_member(folder: Path) -> None:  # --rank-by held-out: a run with no held-out score yet, tuned alike
         postprocess.tune_target(ensemble.resolve([folder], data_dir=data_dir, cache_dir=cache_dir), **options)

@@ -138,11 +138,13 @@ def test_a_run_trained_with_the_presence_head_is_tuned_on_its_classifier_evaluat
     """The whole chain on a model the trainer built and trained with the head (not a hand-built one):
     postprocess gates on the head's probabilities, evaluate reuses the tuning, predict writes them."""
     run_dir = _copy_run(trained_presence_run, tmp_path / "single" / "head")
-    result = _invoke("postprocess", run_dir, "--presence", "classifier", "--keep-top", "--folds", "2")
+    result = _invoke("postprocess", run_dir, "--presence", "classifier", "--keep-top", "--folds", "2", "--repeats", "2")
     assert result.exit_code == 0, result.output
     document = json.loads((run_dir / "postprocess.json").read_text())
     assert document["presence_head"] is True and document["presence"]["source"] == "classifier"
-    assert document["holdout"]["folds"] == 2 and len(document["holdout"]["per_fold"]) == 2
+    assert document["holdout"]["folds"] == 2 and len(document["holdout"]["per_fold"]) == 4  # 2 folds x 2 splits
+    assert document["mean"]["dice_held_out"] == pytest.approx(np.mean(document["holdout"]["per_split"]), abs=1e-12)
+    assert "the mean of 2 splits" in result.output
     # The gate's scores are the trained head's own probabilities on the validation images.
     run = runs.load_run(run_dir)
     validation = runs.validation_split(run.config)
@@ -234,6 +236,8 @@ def test_sweep_top_k_picks_the_best_finished_runs_by_the_sweeps_metric(trained_r
             source = second_run if run.config["filters"] == 2 else trained_run
             _copy_run(source, tmp_path / sweep_id / run.id)
         ranked = sorted(store.runs(sweep_id), key=lambda run: -metric[run.config["filters"]])
+    result = _invoke("postprocess", "--sweep", sweep_id, "--top", "2", "--root", tmp_path, "--folds", "0", "--repeats", "2")
+    assert result.exit_code == 2 and "--repeats needs a held-out estimate" in result.output
     result = _invoke("postprocess", "--sweep", sweep_id, "--top", "2", "--root", tmp_path, "--folds", "0")
     assert result.exit_code == 0, result.output
     folder = tmp_path / sweep_id / "ensemble-top2"

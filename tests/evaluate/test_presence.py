@@ -251,3 +251,29 @@ def test_the_searched_score_is_what_applying_the_choice_gives_with_presence_and_
     sections = postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=3, seed=1)
     assert set(sections["presence"]["searched"]) == {"pixels", "classifier", "mean"}
     assert len(sections["holdout"]["per_fold"]) == 3 and sum(part["images"] for part in sections["holdout"]["per_fold"]) == 6
+
+
+def test_repeats_average_the_held_out_estimate_over_fold_splits():
+    """--repeats 3 is exactly the mean of the three single-split estimates (seeds 4, 5, 6), per class."""
+    rng = np.random.default_rng(5)
+    probabilities = rng.random((12, H, W, 4)).astype(np.float32) ** 2
+    truth = (rng.random((12, H, W, 4)) > 0.7).astype(np.uint8)
+    truth[:5, :, :, 1] = 0
+    classifier = rng.random((12, 4)).astype(np.float32)
+    single = [postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=seed)
+              for seed in (4, 5, 6)]
+    repeated = postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=4, repeats=3)
+    split_scores = [document["mean"]["dice_held_out"] for document in single]
+    assert len(set(split_scores)) > 1  # the splits really differ, so the mean is not any one of them
+    np.testing.assert_allclose(repeated["holdout"]["per_split"], split_scores, rtol=0, atol=1e-12)
+    assert repeated["mean"]["dice_held_out"] == pytest.approx(np.mean(split_scores), abs=1e-12)
+    for name in CLASSES:
+        assert repeated["classes"][name]["dice_held_out"] == pytest.approx(
+            np.mean([document["classes"][name]["dice_held_out"] for document in single]), abs=1e-12)
+        # The parameters to use come from all images: the same whatever the estimate's splits.
+        assert repeated["classes"][name]["threshold"] == single[0]["classes"][name]["threshold"]
+    assert [part["seed"] for part in repeated["holdout"]["per_fold"]] == [4, 4, 5, 5, 6, 6]
+    assert repeated["holdout"]["repeats"] == 3
+    assert "the mean of 3 splits (seeds 4..6" in postprocess.summary_line(repeated)
+    with pytest.raises(HarnessError, match="repeats"):
+        postprocess.tune_maps(probabilities, truth, classifier, (H, W), repeats=0)
