@@ -341,7 +341,7 @@ def sync_sweep(root: Path, sweep_id: str, python: str | None = None, parallel: i
         return SyncResult([], [], empty, "")
     done = subprocess.run([python or sys.executable, "-m", "wandb", "sync", "-n", str(parallel),
                            *map(str, pending)], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout_s)
+                          timeout=timeout_s, env=processes.child_environment())
     uploaded = [folder for folder in pending if is_synced(folder)]
     failed = [folder for folder in pending if not is_synced(folder)]
     return SyncResult(uploaded, failed, empty, done.stdout + done.stderr)
