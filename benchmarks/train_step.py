@@ -7,6 +7,10 @@ Cases (batch 8, UNet with 8 base filters and depth 4, Adam, bce_dice, the run's 
   (at 384x576 XLA on CPU takes minutes); ratio = XLA time / default time (>1: leaving XLA off wins).
 - the same 128x192 step with the presence head (`presence_head: true`: the head on the bottleneck, the
   presence loss and metrics); reference = the step without it, ratio = with / without (the head's cost).
+- the step of the two models of the real-imagery results (docs/evaluation.md) at their settings: the
+  library UNet-ResNet34 with the presence head, batch 16 at 128x192; reference = the UNet (8 filters,
+  depth 4) with the head at the same batch and size; ratio = ResNet34 / UNet (what a ResNet34 epoch
+  costs in UNet epochs).
 - checkpoint save (`harness.run.checkpoint.save_checkpoint`: weights + optimizer state + state.json,
   fsync'd, renamed atomically) and the best-model save (`stage_best` + `commit_best`, a full .keras
   file), at 384x576. The reference is one train step at that size: ratio = step time / save time, so
@@ -45,22 +49,38 @@ def _compiled_model(size: tuple[int, int], jit_compile: bool = False, presence_h
     return model
 
 
-def _batch(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _config_model(model_name: str, size: tuple[int, int]):
+    """The model of a run config (`harness.model.build_model`) with the presence head, compiled as above."""
+    import keras
+
+    from harness import config as config_module
+    from harness.model import build_model
+    from harness.run import losses
+
+    keras.utils.set_random_seed(0)
+    config = config_module.Config(model=model_name, image_size=f"{size[0]}x{size[1]}", filters=FILTERS, depth=DEPTH,
+                                  loss="bce_dice", presence_head=True)
+    model = build_model(config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), **losses.compile_arguments(config))
+    return model
+
+
+def _batch(size: tuple[int, int], batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
     from harness.data.dataset import standardize
 
     rng = np.random.default_rng(0)
-    images = standardize(rng.integers(0, 256, size=(BATCH, *size, 3), dtype=np.uint8))
-    masks = (rng.random((BATCH, *size, 4)) > 0.85).astype(np.float32)
+    images = standardize(rng.integers(0, 256, size=(batch, *size, 3), dtype=np.uint8))
+    masks = (rng.random((batch, *size, 4)) > 0.85).astype(np.float32)
     return images, masks
 
 
-def step_seconds(model, size: tuple[int, int], steps: int) -> dict[str, float]:
+def step_seconds(model, size: tuple[int, int], steps: int, batch: int = BATCH) -> dict[str, float]:
     """Seconds of one train step after a first (traced) one: best-of and median wall time, CPU time.
 
     The best-of wall time is the number to compare: on a shared machine other processes only ever
     make a step slower. CPU time (all threads) shows the work itself.
     """
-    images, masks = _batch(size)
+    images, masks = _batch(size, batch)
     if len(model.outputs) > 1:
         masks = {name: masks for name in model.output_names}  # the presence head derives its target from the mask
     model.train_on_batch(images, masks)  # traces the step function
@@ -109,6 +129,14 @@ def run(quick: bool = False) -> list[dict]:
                      headed_step["best"] / small_step["best"],
                      f"reference: the step without the head; {headed.count_params()} parameters vs "
                      f"{_compiled_model(small).count_params()}; {_spread(headed_step)}"))
+
+    library = _config_model("sm_unet_resnet34", small)
+    library_step = step_seconds(library, small, steps, batch=16)
+    unet_step = step_seconds(_config_model("unet", small), small, steps, batch=16)
+    rows.append(_row("train step 128x192 b16 UNet-ResNet34 + presence head", library_step["best"], unet_step["best"],
+                     library_step["best"] / unet_step["best"],
+                     f"reference: the UNet f8 + head, same batch; {library.count_params()} parameters; "
+                     f"{_spread(library_step)}"))
 
     large_model = _compiled_model(large)
     large_step = step_seconds(large_model, large, steps)
