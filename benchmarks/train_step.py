@@ -35,22 +35,9 @@ FILTERS = 8
 DEPTH = 4
 
 
-def _compiled_model(size: tuple[int, int], jit_compile: bool = False, presence_head: bool = False):
-    import keras
-
-    from harness import config as config_module
-    from harness.model.unet import build_unet
-    from harness.run import losses
-
-    keras.utils.set_random_seed(0)
-    model = build_unet((*size, 3), filters=FILTERS, depth=DEPTH, presence_head=presence_head)
-    config = config_module.Config(loss="bce_dice", presence_head=presence_head)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile, **losses.compile_arguments(config))
-    return model
-
-
-def _config_model(model_name: str, size: tuple[int, int]):
-    """The model of a run config (`harness.model.build_model`) with the presence head, compiled as above."""
+def _compiled_model(size: tuple[int, int], jit_compile: bool = False, presence_head: bool = False, model: str = "unet"):
+    """The model a run config builds (`harness.model.build_model`: for the UNet, FILTERS and DEPTH), compiled
+    with Adam and the run's loss and metrics."""
     import keras
 
     from harness import config as config_module
@@ -58,11 +45,11 @@ def _config_model(model_name: str, size: tuple[int, int]):
     from harness.run import losses
 
     keras.utils.set_random_seed(0)
-    config = config_module.Config(model=model_name, image_size=f"{size[0]}x{size[1]}", filters=FILTERS, depth=DEPTH,
-                                  loss="bce_dice", presence_head=True)
-    model = build_model(config)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), **losses.compile_arguments(config))
-    return model
+    config = config_module.Config(model=model, image_size=f"{size[0]}x{size[1]}", filters=FILTERS, depth=DEPTH,
+                                  loss="bce_dice", presence_head=presence_head)
+    compiled = build_model(config)
+    compiled.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile, **losses.compile_arguments(config))
+    return compiled
 
 
 def _batch(size: tuple[int, int], batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +117,9 @@ def run(quick: bool = False) -> list[dict]:
                      f"reference: the step without the head; {headed.count_params()} parameters vs "
                      f"{_compiled_model(small).count_params()}; {_spread(headed_step)}"))
 
-    library = _config_model("sm_unet_resnet34", small)
+    library = _compiled_model(small, presence_head=True, model="sm_unet_resnet34")
     library_step = step_seconds(library, small, steps, batch=16)
-    unet_step = step_seconds(_config_model("unet", small), small, steps, batch=16)
+    unet_step = step_seconds(_compiled_model(small, presence_head=True), small, steps, batch=16)
     rows.append(_row("train step 128x192 b16 UNet-ResNet34 + presence head", library_step["best"], unet_step["best"],
                      library_step["best"] / unet_step["best"],
                      f"reference: the UNet f8 + head, same batch; {library.count_params()} parameters; "

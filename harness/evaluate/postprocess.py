@@ -655,6 +655,8 @@ def tune_maps(
     """
     from harness.run import metrics
 
+    if repeats < 1:
+        raise HarnessError(f"--repeats must be >= 1, got {repeats}")
     truth = np.asarray(truth)
     space = build_space(image_hw, trials=trials, mask_rule=mask_rule, seed=seed, presence_gate=presence != "off")
     sources = sources_to_search(presence, classifier is not None)
@@ -669,8 +671,6 @@ def tune_maps(
     before = dice_by_class((np.asarray(probabilities) > DEFAULT_THRESHOLD).astype(np.uint8), truth)
     empty = tuned.result.empty
     after = metrics.dice_per_pair(apply_postprocess(probabilities, params, classifier), truth).mean(axis=0)
-    if repeats < 1:
-        raise HarnessError(f"--repeats must be >= 1, got {repeats}")
     held_out = None
     holdout: dict[str, Any] = {"folds": int(folds), "seed": int(seed), "repeats": int(repeats) if folds else 0}
     if folds:

@@ -236,12 +236,19 @@ def test_old_postprocess_files_keep_their_meaning():
         postprocess.class_params({name: {"threshold": 0.5, "drop": "yes" if name == "Fish" else False} for name in CLASSES})
 
 
+def _random_maps(seed: int, images: int, power: int, absent: float, empty_class: int, empty_images: int):
+    """Seeded probabilities (uniform ** power), truth (present where uniform > absent; `empty_class`
+    absent from the first `empty_images` images) and classifier probabilities."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.random((images, H, W, 4)).astype(np.float32) ** power
+    truth = (rng.random((images, H, W, 4)) > absent).astype(np.uint8)
+    truth[:empty_images, :, :, empty_class] = 0
+    classifier = rng.random((images, 4)).astype(np.float32)
+    return probabilities, truth, classifier
+
+
 def test_the_searched_score_is_what_applying_the_choice_gives_with_presence_and_keep_top():
-    rng = np.random.default_rng(11)
-    probabilities = rng.random((6, H, W, 4)).astype(np.float32) ** 3
-    truth = (rng.random((6, H, W, 4)) > 0.8).astype(np.uint8)
-    truth[:3, :, :, 0] = 0
-    classifier = rng.random((6, 4)).astype(np.float32)
+    probabilities, truth, classifier = _random_maps(11, images=6, power=3, absent=0.8, empty_class=0, empty_images=3)
     space = postprocess.build_space((H, W))
     for source in postprocess.PRESENCE_SOURCES:
         tuned = postprocess.tune(probabilities, truth, space, [source], top_k=7, keep_top=True, classifier=classifier)
@@ -255,11 +262,7 @@ def test_the_searched_score_is_what_applying_the_choice_gives_with_presence_and_
 
 def test_repeats_average_the_held_out_estimate_over_fold_splits():
     """--repeats 3 is exactly the mean of the three single-split estimates (seeds 4, 5, 6), per class."""
-    rng = np.random.default_rng(5)
-    probabilities = rng.random((12, H, W, 4)).astype(np.float32) ** 2
-    truth = (rng.random((12, H, W, 4)) > 0.7).astype(np.uint8)
-    truth[:5, :, :, 1] = 0
-    classifier = rng.random((12, 4)).astype(np.float32)
+    probabilities, truth, classifier = _random_maps(5, images=12, power=2, absent=0.7, empty_class=1, empty_images=5)
     single = [postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=seed)
               for seed in (4, 5, 6)]
     repeated = postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=4, repeats=3)
