@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from harness.commandline import HarnessGroup
+from harness.cli_common import HarnessGroup
 
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,3 +21,7 @@ class DataError(HarnessError):
 
 class SweepError(HarnessError):
     """A sweep file, sweep id or sweep state is wrong."""
+
+
+class LaunchError(HarnessError):
+    """The launch request cannot be carried out (GPUs, sweep id, options)."""

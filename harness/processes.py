@@ -6,7 +6,12 @@
   the parent dies (kill -9 included);
 - `SignalFlag`: signal handlers that only record (loops act on them at a safe point);
 - `sleep_unless(seconds, stop)`: a sleep that ends early when `stop()` becomes true;
-- `child_environment()`: this process's environment for a child, less what a child must not inherit.
+- `wait_until(predicate, timeout_s)`: poll until `predicate()` is true or the deadline passes;
+- `send_signal(target, signum)`: signal a process (a pid or a Popen) that may be gone already;
+- `agent_id(host, pid)` / `agent_pid(agent, host)` / `agent_gone(agent, host)`: the store's `HOST:PID`
+  id of a local agent process, and whether that process has ended;
+- `child_environment(extra)`: this process's environment for a child, less what a child must not
+  inherit, plus `extra`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+import subprocess
+from typing import Any, Callable, Iterable, Mapping
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # wandb sets WANDB_SERVICE in the environment of a process that used wandb (a notebook, a test session,
@@ -47,9 +53,57 @@ def pid_alive(pid: int | None) -> bool:
     return process_start(pid) is not None
 
 
-def child_environment() -> dict[str, str]:
-    """A copy of os.environ for a child process, without `NOT_INHERITED` (each child its own wandb-core)."""
-    return {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of os.environ for a child process, without `NOT_INHERITED` (each child its own wandb-core),
+    with `extra` set on top."""
+    environment = {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
+    environment.update(extra or {})
+    return environment
+
+
+def send_signal(target: "int | subprocess.Popen[Any] | None", signum: int) -> bool:
+    """Send `signum` to a pid or a Popen that may have exited already; True if it was delivered."""
+    if target is None:
+        return False
+    try:
+        if isinstance(target, int):
+            os.kill(target, signum)
+        else:
+            if target.poll() is not None:
+                return False
+            target.send_signal(signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, tick_s: float = 0.1) -> bool:
+    """Poll `predicate()` every `tick_s` until it is true (True) or `timeout_s` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return bool(predicate())
+        time.sleep(min(tick_s, remaining))
+
+
+def agent_id(host: str, pid: int) -> str:
+    """The store's agent id of a local agent process (harness.sweep.agent): `HOST:PID`."""
+    return f"{host}:{pid}"
+
+
+def agent_pid(agent: str | None, host: str) -> int | None:
+    """The pid in a local agent's id (`agent_id`) when that agent ran on `host`; None otherwise."""
+    agent_host, _, pid = (agent or "").rpartition(":")
+    return int(pid) if agent_host and agent_host == host and pid.isdigit() else None
+
+
+def agent_gone(agent: str | None, host: str) -> bool:
+    """Is `agent` a local agent of `host` (`agent_id`) whose process has ended?"""
+    pid = agent_pid(agent, host)
+    return pid is not None and not pid_alive(pid)
 
 
 def die_with_parent() -> None:

@@ -212,7 +212,7 @@ def sync_command(sweep_id: str, root: str | None, parallel: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m harness.launch`: the same command, with HarnessError -> exit 2."""
-    from harness.commandline import run_main
+    from harness.cli_common import run_main
 
     run_main(launch_command, argv)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness import cli, commandline
+from harness import cli, cli_common
 from harness.sweep import commands, status
 from harness.sweep.store import Store
 
@@ -73,7 +73,7 @@ def test_python_m_harness_sweep_is_create(tmp_path: Path):
 
 def test_run_main_of_create_exits_2_with_one_line(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        commandline.run_main(commands.create_command, [str(tmp_path / "missing.yaml")])
+        cli_common.run_main(commands.create_command, [str(tmp_path / "missing.yaml")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: sweep file not found: {tmp_path / 'missing.yaml'}"
 

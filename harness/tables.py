@@ -1,0 +1,36 @@
+"""The one plain-text table formatter: columns padded to their widest cell, two spaces apart.
+
+Used by every command that prints a table on the terminal (`harness status`, `harness config`,
+evaluation and comparison summaries), so they all look alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None,
+                 align: str | None = None, last_free: bool = False) -> str:
+    """`rows` (and `header`) as aligned text lines.
+
+    `align`: one letter per column, `l` (default) or `r` (numbers); `last_free`: the last column is not
+    padded (long free text at the end of each line).
+    """
+    table = [[str(cell) for cell in row] for row in ([header] if header else []) + [list(row) for row in rows]]
+    if not table:
+        return ""
+    columns = max(len(row) for row in table)
+    for row in table:
+        row.extend([""] * (columns - len(row)))
+    widths = [max(len(row[index]) for row in table) for index in range(columns)]
+    align = (align or "").ljust(columns, "l")
+    lines = []
+    for row in table:
+        cells = []
+        for index, cell in enumerate(row):
+            if last_free and index == columns - 1:
+                cells.append(cell)
+            else:
+                cells.append(cell.rjust(widths[index]) if align[index] == "r" else cell.ljust(widths[index]))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
