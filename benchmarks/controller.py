@@ -6,7 +6,7 @@
    engine alone, `sweeps.next_run` on the same runs already built as `SweepRun`s, measured in the same
    process. ratio = reference / value, so 1.0 means the store adds nothing and 0.9 means it adds 10%.
 2. Claim-to-start latency of the agent: from the claim (the run's `started` time, taken when the
-   claim transaction begins) to the child's first instruction (the time tests/sweep/fake_train.py
+   claim transaction begins) to the child's first instruction (the time tests/fakes/fake_train.py
    records when its `main` starts). Reference: the same program started bare with `subprocess.Popen`,
    from just before `Popen` to the same first instruction (what any launcher pays for a Python child).
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_TRAIN = REPO / "tests" / "sweep" / "fake_train.py"
+FAKE_TRAIN = REPO / "tests" / "fakes" / "fake_train.py"
 METRIC = {"name": "val_dice_coef", "goal": "maximize"}
 COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 # The reference search space (sweeps/random.yaml): 3840 grid cells, enough for 500 existing runs.

@@ -1,9 +1,19 @@
-"""Slot utilisation of the GPU launcher: how much of the wall time the agents' slots were running runs.
+"""Slot utilisation of the local launcher: how much of the wall time the agents' slots were running runs.
 
-A sweep of short runs (tests/launch/fake_train.py: a real child process keeping the run-folder
+A sweep of short runs (tests/fakes/fake_train.py: a real child process keeping the run-folder
 contract, a few seconds per run, so the launcher's own costs are not hidden behind long training) is
 run by `python -m harness.launch --gpus 0,1` on this machine (GPU ids are only CUDA_VISIBLE_DEVICES
-here). Utilisation comes from the store's run start/end times (harness.launch.utilisation).
+here). Utilisation comes from the store's run start/end times (`slot_utilisation`).
+
+A slot is one agent (the store's `agent` column). Each run occupies its slot from its claim
+(`started`) to its end (`ended`), which includes the run's own start-up; the gaps between runs are
+what the launcher and agents cost: claiming, the sweep engine's proposal, recording the result.
+Two numbers:
+- `utilisation`: busy slot-seconds / (slots x the whole window), the window being the launcher's
+  start to its end when given (else the first claim to the last end): start-up and tail included;
+- `steady_utilisation`: the same per slot over its own first claim to last end, averaged: the cost
+  of the gaps between runs alone.
+
 The reference is the issue's target (0.95), not a measurement: ratio > 1 means above target.
 
     python -m benchmarks.utilisation [--quick]
@@ -17,14 +27,66 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
-FAKE_TRAIN = REPO / "tests" / "launch" / "fake_train.py"
+FAKE_TRAIN = REPO / "tests" / "fakes" / "fake_train.py"
 TARGET = 0.95
 
 
+def slot_utilisation(runs: Iterable[Any], window_start: float | None = None,
+                     window_end: float | None = None) -> dict[str, Any]:
+    """Utilisation of the slots that ran `runs` (store `Run`s with agent, started, ended)."""
+    intervals: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        if run.agent and run.started is not None and run.ended is not None and run.ended > run.started:
+            intervals.setdefault(run.agent, []).append((float(run.started), float(run.ended)))
+    if not intervals:
+        return {"slots": 0, "runs": 0, "busy_s": 0.0, "wall_s": 0.0, "utilisation": 0.0,
+                "steady_utilisation": 0.0, "mean_gap_s": 0.0, "per_slot": {}}
+    first = min(start for spans in intervals.values() for start, _ in spans)
+    last = max(end for spans in intervals.values() for _, end in spans)
+    start = window_start if window_start is not None else first
+    end = window_end if window_end is not None else last
+    per_slot = {}
+    busy_total = 0.0
+    gaps = []
+    for agent, spans in intervals.items():
+        busy = _union_length(spans)
+        busy_total += busy
+        own = max(end for _, end in spans) - min(start for start, _ in spans)
+        per_slot[agent] = busy / own if own > 0 else 0.0
+        if len(spans) > 1:
+            gaps.append((own - busy) / (len(spans) - 1))
+    wall = max(end - start, 1e-9)
+    return {
+        "slots": len(intervals),
+        "runs": sum(len(spans) for spans in intervals.values()),
+        "busy_s": busy_total,
+        "wall_s": end - start,
+        "utilisation": busy_total / (len(intervals) * wall),
+        "steady_utilisation": sum(per_slot.values()) / len(per_slot),
+        "mean_gap_s": sum(gaps) / len(gaps) if gaps else 0.0,  # idle time of a slot between two runs
+        "per_slot": per_slot,
+    }
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    total = 0.0
+    current_start, current_end = None, None
+    for start, end in sorted(spans):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
+
+
 def measure(runs_per_slot: int, epochs: int, epoch_s: float, slots: int = 2) -> dict:
-    from harness.launch.utilisation import slot_utilisation
     from harness.sweep.store import Store
 
     with tempfile.TemporaryDirectory(prefix="utilisation-") as folder:

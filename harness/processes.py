@@ -2,16 +2,18 @@
 
 - `process_start(pid)`: a live process's start time (to tell a pid from a reused one), None if gone;
 - `pid_alive(pid)`: the process runs (not a zombie);
+- `process_environment(pid)`: the environment a process was started with (which run a pid is);
 - `die_with_parent()`: a `preexec_fn` so Linux sends the child SIGTERM when its parent dies, however
   the parent dies (kill -9 included);
 - `SignalFlag`: signal handlers that only record (loops act on them at a safe point);
 - `sleep_unless(seconds, stop)`: a sleep that ends early when `stop()` becomes true;
 - `wait_until(predicate, timeout_s)`: poll until `predicate()` is true or the deadline passes;
-- `send_signal(target, signum)`: signal a process (a pid or a Popen) that may be gone already;
+- `send_signal(target, signum, group)`: signal a process (a pid or a Popen), or its process group,
+  that may be gone already;
 - `agent_id(host, pid)` / `agent_pid(agent, host)` / `agent_gone(agent, host)`: the store's `HOST:PID`
   id of a local agent process, and whether that process has ended;
 - `child_environment(extra)`: this process's environment for a child, less what a child must not
-  inherit, plus `extra`.
+  inherit, plus `extra`; `path_with_python_first(python)`: a child's $PATH whose bare `python` is `python`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,19 @@ def pid_alive(pid: int | None) -> bool:
     return process_start(pid) is not None
 
 
+def process_environment(pid: int | None) -> dict[str, str] | None:
+    """The environment process `pid` was started with (/proc/PID/environ); None when it is gone or not
+    ours to read. Tells whether a pid is still the process it was (e.g. a run's, by its WANDB_RUN_ID)."""
+    if not pid:
+        return None
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    entries = (entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+    return {name.decode(errors="replace"): value.decode(errors="replace") for name, value in entries}
+
+
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of os.environ for a child process, without `NOT_INHERITED` (each child its own wandb-core),
     with `extra` set on top."""
@@ -61,12 +76,31 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return environment
 
 
-def send_signal(target: "int | subprocess.Popen[Any] | None", signum: int) -> bool:
-    """Send `signum` to a pid or a Popen that may have exited already; True if it was delivered."""
+def path_with_python_first(python: str, path: str | None = None) -> str:
+    """$PATH (or `path`) with the folder of `python` first, so a child's bare `python` is it (W&B's
+    `${interpreter}`).
+
+    The folder is the one `python` was named by, not the link's target: a venv's bin/python links to
+    the base interpreter, and only the venv's name of it finds the venv's packages.
+    """
+    folder = os.path.dirname(os.path.abspath(python))
+    path = os.environ.get("PATH", "") if path is None else path
+    rest = [part for part in path.split(os.pathsep) if part and part != folder]
+    return os.pathsep.join([folder, *rest])
+
+
+def send_signal(target: "int | subprocess.Popen[Any] | None", signum: int, group: bool = False) -> bool:
+    """Send `signum` to a pid or a Popen that may have exited already; True if it was delivered.
+
+    With `group`, to the whole process group it leads (a child started with `start_new_session`, and
+    what it started), which may outlive its leader: sent even when the leader has exited.
+    """
     if target is None:
         return False
     try:
-        if isinstance(target, int):
+        if group:
+            os.killpg(target if isinstance(target, int) else target.pid, signum)
+        elif isinstance(target, int):
             os.kill(target, signum)
         else:
             if target.poll() is not None:

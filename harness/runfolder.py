@@ -26,9 +26,16 @@ OUTPUT_FILE = "output.log"  # the run's stdout/stderr, written by the agent or t
 PLACEMENT_FILE = "slurm.json"  # where a SLURM job runs the run (harness.launch.jobs)
 PAUSED_FILE = "paused.json"  # written while HARNESS_PAUSE_AT holds the run still (tests)
 ARGS_FILE = "args.json"  # the W&B ${args_json_file} macro's file
+# Written by evaluation (harness.evaluate) into a run folder, or into an ensemble's folder.
+POSTPROCESS_FILE = "postprocess.json"  # the tuned post-processing parameters (`harness postprocess`)
+EVALUATION_FILE = "evaluation.json"  # the scores of `harness evaluate`
+PLOTS_DIR = "plots"  # the pictures of both
+CACHE_DIR = "cache"  # the validation predictions (float16 logits; safe to delete)
 # Folders of a sweep folder, beside its run folders.
 AGENTS_DIR = "agents"  # agent logs (harness.launch.local)
 SLURM_DIR = "slurm"  # submitit's files (harness.launch.slurm)
+SYNC_DIR = "sync"  # what the live W&B sync processes printed, one log per run (harness.launch.sync)
+REPORT_DIR = "report"  # `harness sweep report`'s pictures and report.md (harness.evaluate.reports)
 SINGLE = "single"  # the sweep folder of runs started outside any sweep
 
 

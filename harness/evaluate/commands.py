@@ -8,11 +8,17 @@ from pathlib import Path
 
 import click
 
+from harness import cli_common
 from harness.errors import HarnessError
 from harness.sweep import commands as sweep_commands
 
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 DATA_DIR_HELP = "Use this data folder instead of the run's data_dir (its cache: --cache-dir or DATA_DIR/cache)."
+MEMBERS_SWEEP_HELP = "Use the best finished runs of this local sweep instead of RUN_DIRs."
+
+cache_dir_option = click.option("--cache-dir", default=None, help="Use this data cache root instead of the run's.")
+limit_option = click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="Use only the first N validation images (0: all).")
 
 
 def members_options(function):
@@ -20,15 +26,14 @@ def members_options(function):
     function = click.option("--out-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
                             help="Folder of an ensemble's postprocess.json / evaluation.json "
                                  "[default with --sweep: ROOT/SWEEP_ID/ensemble-topK].")(function)
-    function = sweep_commands.store_option(function)
-    function = click.option("--root", default=None, help="Runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs).")(function)
+    function = cli_common.store_option(function)
+    function = cli_common.root_option(function)
     function = click.option("--rank-by", type=click.Choice(["metric", "held-out"]), default="metric", show_default=True,
                             help="With --sweep: rank the finished runs by the sweep's metric, or by each run's own "
                                  "post-processed held-out score (postprocess tunes the runs without one).")(function)
     function = click.option("--top", type=click.IntRange(min=1), default=None,
                             help="With --sweep: the K best finished runs (see --rank-by) [default: 1].")(function)
-    function = click.option("--sweep", "sweep_id", default=None,
-                            help="Use the best finished runs of this local sweep instead of RUN_DIRs.")(function)
+    function = cli_common.sweep_option(required=False, bare=False, help_text=MEMBERS_SWEEP_HELP)(function)
     return click.argument("run_dirs", nargs=-1, type=RUN_DIR)(function)
 
 
@@ -62,10 +67,9 @@ def _target(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, r
               help="Held-out estimate: the mean over this many fold splits (seeds SEED, SEED+1, ...); each is reported.")
 @click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
               help="Tune on flip-TTA maps (mean of the image and its flips); `harness predict` then uses the same.")
-@click.option("--data-dir", default=None, help=DATA_DIR_HELP)
-@click.option("--cache-dir", default=None, help="Use this data cache root instead of the run's.")
-@click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Use only the first N validation images (0: all).")
+@cli_common.data_dir_option(DATA_DIR_HELP)
+@cache_dir_option
+@limit_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --trials and of the folds.")
 def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, rank_by: str,
                         root: str | None, out_dir: Path | None, trials: int | None, mask_rule: bool, presence: str,
@@ -78,29 +82,28 @@ def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: i
     into RUN_DIR (or the ensemble's folder) and prints the per-class table: all-empty baseline, raw
     (threshold 0.5), tuned-on, held-out (k-fold), and the decision.
     """
-    from harness.evaluate import postprocess
+    from harness import runfolder
+    from harness.evaluate import ensemble, postprocess_file, tuning
 
     if folds == 1:
         raise HarnessError("--folds 1 leaves nothing to tune on: use 2 or more (or 0 for no held-out estimate)")
     if repeats > 1 and folds == 0:
         raise HarnessError("--repeats needs a held-out estimate: drop --folds 0")
-    from harness.evaluate import ensemble
-
     options = dict(trials=trials or 0, mask_rule=mask_rule, presence=presence, top_k=top_k, keep_top=keep_top,
                    folds=folds or 2, repeats=repeats, tta=tta, limit=limit, seed=seed)
 
     def tune_member(folder: Path) -> None:  # --rank-by held-out: a run with no held-out score yet, tuned alike
-        postprocess.tune_target(ensemble.resolve([folder], data_dir=data_dir, cache_dir=cache_dir), **options)
+        tuning.tune_target(ensemble.resolve([folder], data_dir=data_dir, cache_dir=cache_dir), **options)
 
     target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir, rank_by, tune_member)
-    document = postprocess.tune_target(target, **{**options, "folds": folds})
-    click.echo(postprocess.format_table(document))
-    click.echo(postprocess.summary_line(document))
+    document = tuning.tune_target(target, **{**options, "folds": folds})
+    click.echo(postprocess_file.format_tuning_table(document))
+    click.echo(postprocess_file.summary_line(document))
     search = document["search"]
     click.echo(f"{document['validation_images']} validation images, {search['candidates_per_class']} candidates per "
                f"class, search {search['seconds']:.2f} s; min sizes in pixels at {document['image_size']} "
                f"(@350x525: the same area at the submission size)")
-    click.echo(f"wrote {target.folder / postprocess.POSTPROCESS_FILE}")
+    click.echo(f"wrote {target.folder / runfolder.POSTPROCESS_FILE}")
 
 
 @click.command("evaluate")
@@ -109,10 +112,9 @@ def postprocess_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: i
               "[default: the run's augment, or default].")
 @click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
               help="flips: also score the mean prediction of the image and its horizontal and vertical flips.")
-@click.option("--data-dir", default=None, help=DATA_DIR_HELP)
-@click.option("--cache-dir", default=None, help="Use this data cache root instead of the run's.")
-@click.option("--limit", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Use only the first N validation images (0: all).")
+@cli_common.data_dir_option(DATA_DIR_HELP)
+@cache_dir_option
+@limit_option
 @click.option("--overlays", type=click.IntRange(min=0), default=6, show_default=True,
               help="Validation images drawn in plots/overlays.png.")
 def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int | None, rank_by: str, root: str | None,
@@ -123,6 +125,7 @@ def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int 
     Writes evaluation.json and PNGs in plots/ (learning curves, overlays, tables) into RUN_DIR (or the
     ensemble's folder); logs them to the run's W&B run when W&B is on (single runs).
     """
+    from harness import runfolder
     from harness.config import AUGMENTATIONS
     from harness.evaluate import evaluate
 
@@ -131,7 +134,8 @@ def evaluate_command(run_dirs: tuple[Path, ...], sweep_id: str | None, top: int 
     target = _target(run_dirs, sweep_id, top, root, out_dir, data_dir, cache_dir, rank_by)
     document = evaluate.evaluate_target(target, augment=augment, tta=tta, limit=limit, overlays=overlays)
     click.echo(evaluate.format_report(document))
-    click.echo(f"wrote {target.folder / evaluate.EVALUATION_FILE} and {len(document['plots'])} plots in {target.folder / 'plots'}"
+    click.echo(f"wrote {target.folder / runfolder.EVALUATION_FILE} and {len(document['plots'])} plots in "
+               f"{target.folder / runfolder.PLOTS_DIR}"
                + (" (and logged them to W&B)" if document.get("wandb") else ""))
 
 
@@ -175,19 +179,16 @@ def compare_command(run_a: Path, run_b: Path, out: Path | None) -> None:
 
 
 @click.command("report")
-@click.argument("sweep_id")
-@click.option("--root", default=None, help="runs root holding sweeps.db (default: $HARNESS_ROOT or ./runs)")
-@sweep_commands.store_option
+@cli_common.sweep_option()
+@cli_common.root_option
+@cli_common.store_option
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Best runs listed.")
 def report_command(sweep_id: str, root: str | None, top: int) -> None:
     """Best runs, parallel coordinates and parameter importance of a local sweep (PNG + report.md)."""
     from harness.evaluate import reports
 
     result = reports.sweep_report(sweep_id, root=root, top=top)
-    header, rows = result["header"], result["best"]
-    widths = [max(len(header[column]), *(len(row[column]) for row in rows)) for column in range(len(header))]
-    for line in [header] + rows:
-        click.echo("  ".join(value.ljust(width) for value, width in zip(line, widths)))
+    click.echo(reports.format_best_runs(result))
     click.echo(f"wrote {len(result['files'])} files in {result['folder']}")
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness import CLASSES
-from harness import io
+from harness import io, runfolder
 from harness.errors import HarnessError
 from harness.evaluate import plots
+from harness.tables import format_table
 
 COMPARISON_FILE = "comparison.png"
 
@@ -25,26 +26,27 @@ def run_scores(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise HarnessError(f"run folder not found: {run_dir}")
-    config = io.read_json(run_dir / "config.json") or {}
+    config = runfolder.read_config(run_dir) or {}
     name = str(config.get("run_id") or run_dir.name)
     model = str(config.get("model", "?"))
-    tuned = io.read_json(run_dir / "postprocess.json")
+    tuned = io.read_json(run_dir / runfolder.POSTPROCESS_FILE)
     held_out = _held_out(tuned)
-    evaluation = io.read_json(run_dir / "evaluation.json")
+    evaluation = io.read_json(run_dir / runfolder.EVALUATION_FILE)
     if evaluation is not None:
         plain = evaluation["results"]["plain"]
         raw = {class_name: plain["per_class"][class_name]["dice"] for class_name in CLASSES}
         post = {class_name: plain["per_class"][class_name]["dice_post"] for class_name in CLASSES}
         raw["mean"], post["mean"] = plain["kaggle_dice"], plain["kaggle_dice_post"]
-        return {"name": name, "model": model, "source": "evaluation.json", "raw": raw, "post": post,
+        return {"name": name, "model": model, "source": runfolder.EVALUATION_FILE, "raw": raw, "post": post,
                 "held_out": held_out, "images": evaluation.get("validation_images")}
     if tuned is not None:
         raw = {class_name: tuned["classes"][class_name]["dice_before"] for class_name in CLASSES}
         post = {class_name: tuned["classes"][class_name]["dice_after"] for class_name in CLASSES}
         raw["mean"], post["mean"] = tuned["mean"]["dice_before"], tuned["mean"]["dice_after"]
-        return {"name": name, "model": model, "source": "postprocess.json", "raw": raw, "post": post,
+        return {"name": name, "model": model, "source": runfolder.POSTPROCESS_FILE, "raw": raw, "post": post,
                 "held_out": held_out, "images": tuned.get("validation_images")}
-    raise HarnessError(f"{run_dir} has neither evaluation.json nor postprocess.json: run `harness evaluate {run_dir}` first")
+    raise HarnessError(f"{run_dir} has neither {runfolder.EVALUATION_FILE} nor {runfolder.POSTPROCESS_FILE}: "
+                       f"run `harness evaluate {run_dir}` first")
 
 
 def _held_out(tuned: Mapping[str, Any] | None) -> dict[str, float] | None:
@@ -60,7 +62,7 @@ def compare_runs(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str], o
     first, second = run_scores(run_a), run_scores(run_b)
     if first["name"] == second["name"]:
         first["name"], second["name"] = str(run_a), str(run_b)
-    chart = Path(out) if out else Path(run_a) / "plots" / COMPARISON_FILE
+    chart = Path(out) if out else Path(run_a) / runfolder.PLOTS_DIR / COMPARISON_FILE
     groups = list(CLASSES) + ["mean"]
     series = {}
     for scores in (first, second):
@@ -92,14 +94,10 @@ def format_comparison(comparison: Mapping[str, Any]) -> str:
             row += [f"{first['held_out'][group]:.4f}", f"{second['held_out'][group]:.4f}",
                     f"{second['held_out'][group] - first['held_out'][group]:+.4f}"]
         rows.append(row)
-    widths = [max(len(header[column]), *(len(row[column]) for row in rows)) for column in range(len(header))]
     lines = [
         f"A: {first['name']} ({first['model']}, {first['images']} validation images, from {first['source']})",
         f"B: {second['name']} ({second['model']}, {second['images']} validation images, from {second['source']})",
+        format_table(rows, header=header, align="l" + "r" * (len(header) - 1), rules=(1, -1)),
+        f"chart: {comparison['chart']}",
     ]
-    for index, row in enumerate([header] + rows):
-        lines.append("  ".join(value.ljust(width) if column == 0 else value.rjust(width) for column, (value, width) in enumerate(zip(row, widths))))
-        if index == 0 or index == len(rows) - 1:
-            lines.append("-" * len(lines[-1]))
-    lines.append(f"chart: {comparison['chart']}")
     return "\n".join(lines)

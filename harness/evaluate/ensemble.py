@@ -22,9 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from harness import io
+from harness import io, runfolder
 from harness.errors import HarnessError
-from harness.evaluate import runs as runs_module
+from harness.evaluate import inference
+from harness.evaluate.postprocess_file import held_out_score
 
 ENSEMBLE_FILE = "ensemble.json"
 SPLIT_KEYS = ("data_dir", "image_size", "val_fraction", "seed")
@@ -34,7 +35,7 @@ RANKINGS = ("metric", "held-out")
 @dataclasses.dataclass
 class Target:
     folder: Path
-    members: list[runs_module.RunInfo]
+    members: list[inference.RunInfo]
     sweep_id: str | None = None
 
     @property
@@ -96,7 +97,7 @@ def resolve(
         if not out_dir:
             raise HarnessError("several run folders make an ensemble: name its folder with --out-dir DIR")
         folder = Path(out_dir)
-    members = [runs_module.load_run(path, data_dir=data_dir, cache_dir=cache_dir) for path in run_dirs]
+    members = [inference.load_run(path, data_dir=data_dir, cache_dir=cache_dir) for path in run_dirs]
     check_shared_split(members)
     target = Target(folder, members, sweep_id)
     if len(members) > 1 or sweep_id:
@@ -113,7 +114,7 @@ def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None 
     post-processed held-out estimate (`mean.dice_held_out` of its postprocess.json); `tune(folder)` is
     called first for the runs without one (`harness postprocess` does that), else they are an error.
     """
-    from harness.sweep import controller, status
+    from harness.sweep import status
     from harness.sweep.store import Store
 
     if top < 1:
@@ -127,13 +128,13 @@ def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None 
         store_root = store.root
     if not ranked:
         raise HarnessError(f"sweep {sweep_id} has no finished run with a metric yet: nothing to ensemble")
-    folders = [controller.run_dir(store_root, sweep_id, run.id) for run in ranked]
+    folders = [runfolder.run_dir(store_root, sweep_id, run.id) for run in ranked]
     if rank_by == "held-out":
         folders = _ranked_by_held_out(folders, tune)
     chosen = folders[:top]
-    missing = [str(folder) for folder in chosen if not (folder / runs_module.BEST_FILE).exists()]
+    missing = [str(folder) for folder in chosen if not (folder / runfolder.BEST_FILE).exists()]
     if missing:
-        raise HarnessError(f"sweep {sweep_id}: no {runs_module.BEST_FILE} in {', '.join(missing)}")
+        raise HarnessError(f"sweep {sweep_id}: no {runfolder.BEST_FILE} in {', '.join(missing)}")
     if len(chosen) < top:
         print(f"note: sweep {sweep_id} has only {len(chosen)} finished run(s); using them all")
     return chosen
@@ -141,8 +142,6 @@ def sweep_top_runs(sweep_id: str, top: int, root: str | os.PathLike[str] | None 
 
 def _ranked_by_held_out(folders: list[Path], tune: Callable[[Path], None] | None) -> list[Path]:
     """`folders` best held-out first (ties: the given order); the untuned ones tuned first by `tune`."""
-    from harness.evaluate.postprocess import held_out_score
-
     untuned = [folder for folder in folders if held_out_score(folder) is None]
     if untuned and tune is None:
         raise HarnessError(f"--rank-by held-out: {len(untuned)} run(s) have no held-out score yet "
@@ -160,7 +159,7 @@ def _ranked_by_held_out(folders: list[Path], tune: Callable[[Path], None] | None
     return ranked
 
 
-def check_shared_split(members: Sequence[runs_module.RunInfo]) -> None:
+def check_shared_split(members: Sequence[inference.RunInfo]) -> None:
     """Raise (exit 2) unless every member has the first one's data, image size, val_fraction and seed."""
     first = members[0]
     for member in members[1:]:
@@ -207,7 +206,7 @@ class Models:
     def loader(self, position: int) -> Callable[[], Any]:
         def load() -> Any:
             if position not in self._models:
-                self._models[position] = runs_module.load_model(self.target.members[position].run_dir)
+                self._models[position] = inference.load_model(self.target.members[position].run_dir)
             return self._models[position]
 
         return load
@@ -216,7 +215,7 @@ class Models:
         return [self.loader(position)() for position in range(len(self.target.members))]
 
 
-def average(maps: Sequence[runs_module.Maps]) -> runs_module.Maps:
+def average(maps: Sequence[inference.Maps]) -> inference.Maps:
     """The mean probabilities (and presence probabilities, when every member has them) of members' maps."""
     probabilities = np.mean([np.asarray(part.probabilities, dtype=np.float32) for part in maps], axis=0, dtype=np.float32) \
         if len(maps) > 1 else maps[0].probabilities
@@ -224,18 +223,18 @@ def average(maps: Sequence[runs_module.Maps]) -> runs_module.Maps:
     presence = None
     if len(with_presence) == len(maps):
         presence = with_presence[0] if len(maps) == 1 else np.mean(with_presence, axis=0, dtype=np.float32)
-    return runs_module.Maps(probabilities.astype(np.float32), presence)
+    return inference.Maps(probabilities.astype(np.float32), presence)
 
 
-def validation_maps(target: Target, validation: runs_module.Validation, tta: str = "none", models: Models | None = None,
-                    progress: bool = True) -> runs_module.Maps:
+def validation_maps(target: Target, validation: inference.Validation, tta: str = "none", models: Models | None = None,
+                    progress: bool = True) -> inference.Maps:
     """The averaged validation maps of the members (each member's from its own cache)."""
     models = models or Models(target)
-    return average([runs_module.validation_maps(member.run_dir, validation, tta=tta, model_loader=models.loader(position),
-                                                progress=progress)
+    return average([inference.validation_maps(member.run_dir, validation, tta=tta, model_loader=models.loader(position),
+                                              progress=progress)
                     for position, member in enumerate(target.members)])
 
 
-def predict_maps(models: Models, images: np.ndarray, tta: str = "none", progress: bool = True, desc: str = "predicting") -> runs_module.Maps:
+def predict_maps(models: Models, images: np.ndarray, tta: str = "none", progress: bool = True, desc: str = "predicting") -> inference.Maps:
     """The averaged maps of the members on uint8 images."""
-    return average([runs_module.predict_maps(model, images, tta=tta, progress=progress, desc=desc) for model in models.all()])
+    return average([inference.predict_maps(model, images, tta=tta, progress=progress, desc=desc) for model in models.all()])

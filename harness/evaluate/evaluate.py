@@ -14,7 +14,6 @@ numbers to RUN_DIR/evaluation.json; the W&B run receives both when W&B is on.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,18 +21,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness import CLASSES
-from harness import io
-from harness.evaluate import plots
+from harness import io, runfolder
+from harness.evaluate import ensemble, inference, plots, postprocess_file
 from harness.evaluate import postprocess as postprocess_module
-from harness.evaluate import runs as runs_module
+from harness.tables import format_table
 
-EVALUATION_FILE = "evaluation.json"
-PLOTS_FOLDER = "plots"
 DEFAULT_OVERLAYS = 6
 
 
 def score_setting(
-    maps: runs_module.Maps, truth: np.ndarray, params: Mapping[str, Any], loss_name: str, batch_size: int, threshold: float
+    maps: inference.Maps, truth: np.ndarray, params: Mapping[str, Any], loss_name: str, batch_size: int, threshold: float
 ) -> dict[str, Any]:
     """Loss, soft dice, challenge dice raw and post-processed (overall and per class) of one setting."""
     from harness.run import metrics
@@ -91,26 +88,8 @@ def augment_split(images: np.ndarray, masks: np.ndarray, pipeline_name: str, see
     return out_images, out_masks
 
 
-def evaluate_run(
-    run_dir: str | os.PathLike[str],
-    augment: str | None = None,
-    tta: str = "none",
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
-    limit: int = 0,
-    overlays: int = DEFAULT_OVERLAYS,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Evaluate the run (or ensemble folder) in `run_dir`; writes evaluation.json and plots/."""
-    from harness.evaluate import ensemble
-
-    target = ensemble.resolve([run_dir], data_dir=data_dir, cache_dir=cache_dir)
-    return evaluate_target(target, augment=augment, tta=tta, limit=limit, overlays=overlays, seed=seed, progress=progress)
-
-
 def evaluate_target(
-    target: Any,
+    target: ensemble.Target,
     augment: str | None = None,
     tta: str = "none",
     limit: int = 0,
@@ -120,16 +99,14 @@ def evaluate_target(
 ) -> dict[str, Any]:
     """Evaluate a run or an ensemble (`harness.evaluate.ensemble.Target`: members' maps averaged);
     writes TARGET/evaluation.json and TARGET/plots/ and returns the document."""
-    from harness.evaluate import ensemble
-
     config = target.config
     augment = augment or (config.augment if config.augment != "none" else "default")
-    validation = runs_module.validation_split(config, limit=limit)
+    validation = inference.validation_split(config, limit=limit)
     truth = np.asarray(validation.masks)
-    params, tuned = postprocess_module.params_for_run(target.folder)
+    params, tuned = postprocess_file.params_for_run(target.folder)
     models = ensemble.Models(target)
 
-    settings: dict[str, runs_module.Maps] = {}
+    settings: dict[str, inference.Maps] = {}
     settings["plain"] = ensemble.validation_maps(target, validation, models=models, progress=progress)
     augmented_images, augmented_masks = augment_split(validation.images, truth, augment, seed)
     augmented = ensemble.predict_maps(models, augmented_images, progress=progress, desc=f"predicting ({augment})")
@@ -142,9 +119,8 @@ def evaluate_target(
     if "tta" in settings:
         results["tta"] = score_setting(settings["tta"], truth, *scoring)
 
-    plots_dir = target.folder / PLOTS_FOLDER
+    plots_dir = target.folder / runfolder.PLOTS_DIR
     pictures = _pictures(target, validation, settings["plain"], params, results, plots_dir, overlays)
-    tuned_document = postprocess_module.load_params(target.folder) if tuned else None
     document = {
         "run_id": target.label,
         "members": [str(member.run_dir) for member in target.members],
@@ -156,33 +132,40 @@ def evaluate_target(
         "augment": augment,
         "tta": tta,
         "presence_head": settings["plain"].presence is not None,
-        "postprocess": {
-            "source": postprocess_module.POSTPROCESS_FILE if tuned else "default",
-            "classes": postprocess_module.class_params(params),
-            "presence": params["presence"],
-            "dropped": [name for name, values in postprocess_module.class_params(params).items() if values["drop"]],
-            # The tuning's own per-class table (empty, raw, tuned-on, held-out), when tuned.
-            "tuning": None if tuned_document is None else {
-                "tta": tuned_document.get("tta", "none"),
-                "holdout": tuned_document.get("holdout"),
-                "classes": {name: {key: entry.get(key) for key in ("dice_empty", "dice_before", "dice_after", "dice_held_out")}
-                            for name, entry in tuned_document["classes"].items()},
-                "mean": tuned_document.get("mean"),
-            },
-        },
+        "postprocess": _postprocess_section(target.folder, params, tuned),
         "results": results,
         "plots": {key: str(path.relative_to(target.folder)) for key, path in pictures.items()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     document["wandb"] = False if target.is_ensemble else log_to_wandb(target.members[0], document, pictures)
-    io.atomic_write_json(target.folder / EVALUATION_FILE, document)
+    io.atomic_write_json(target.folder / runfolder.EVALUATION_FILE, document)
     return document
 
 
+def _postprocess_section(folder: Path, params: Mapping[str, Any], tuned: bool) -> dict[str, Any]:
+    """evaluation.json's account of the post-processing it scored: the parameters and where they came
+    from, and, when tuned, the tuning's own per-class numbers (empty, raw, tuned-on, held-out)."""
+    tuned_document = postprocess_file.load_params(folder) if tuned else None
+    per_class = postprocess_module.class_params(params)
+    return {
+        "source": runfolder.POSTPROCESS_FILE if tuned else "default",
+        "classes": per_class,
+        "presence": params["presence"],
+        "dropped": [name for name, values in per_class.items() if values["drop"]],
+        "tuning": None if tuned_document is None else {
+            "tta": tuned_document.get("tta", "none"),
+            "holdout": tuned_document.get("holdout"),
+            "classes": {name: {key: entry.get(key) for key in ("dice_empty", "dice_before", "dice_after", "dice_held_out")}
+                        for name, entry in tuned_document["classes"].items()},
+            "mean": tuned_document.get("mean"),
+        },
+    }
+
+
 def _pictures(
-    target: Any,
-    validation: runs_module.Validation,
-    maps: runs_module.Maps,
+    target: ensemble.Target,
+    validation: inference.Validation,
+    maps: inference.Maps,
     params: Mapping[str, Any],
     results: Mapping[str, Any],
     plots_dir: Path,
@@ -191,7 +174,7 @@ def _pictures(
     from harness.run import metrics
 
     pictures: dict[str, Path] = {}
-    rows = [] if target.is_ensemble else io.read_jsonl(target.members[0].run_dir / "metrics.jsonl")
+    rows = [] if target.is_ensemble else runfolder.read_history(target.members[0].run_dir)
     if rows:
         pictures["learning_curves"] = plots.learning_curves(rows, plots_dir / "learning_curves.png", title=target.label)
     if overlays > 0:
@@ -240,24 +223,21 @@ def class_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]
 def format_report(document: Mapping[str, Any]) -> str:
     header, rows = class_table(document["results"])
     text_rows = [[f"{value:.4f}" if isinstance(value, float) else str(value) for value in row] for row in rows]
-    widths = [max(len(header[column]), *(len(row[column]) for row in text_rows)) for column in range(len(header))]
     model = document["model"] if isinstance(document["model"], str) else "+".join(document["model"])
     lines = [
         f"run {document['run_id']} ({model}, {document['image_size']}): "
         f"{document['validation_images']} validation images; augmented = {document['augment']}, tta = {document['tta']}; "
-        f"post-processing from {document['postprocess']['source']}"
+        f"post-processing from {document['postprocess']['source']}",
+        format_table(text_rows, header=header, align="l" + "r" * (len(header) - 1), rules=(1,)),
     ]
-    for line in [header] + text_rows:
-        lines.append("  ".join(value.ljust(width) if column == 0 else value.rjust(width) for column, (value, width) in enumerate(zip(line, widths))))
-    lines.insert(2, "-" * len(lines[1]))
     tuning = document["postprocess"].get("tuning")
     if tuning:
         # The honest numbers: tuned-on is optimistic, held-out is the estimate (k-fold).
         lines += ["", "post-processing (from the tuning): all-empty baseline, raw, tuned-on, held-out; "
                   "dropped: " + (", ".join(document["postprocess"]["dropped"]) or "none")]
-        lines.append(postprocess_module.format_table({"classes": {name: {**entry, **document["postprocess"]["classes"][name]}
-                                                                  for name, entry in tuning["classes"].items()},
-                                                      "mean": tuning["mean"], "image_size": document["image_size"]}))
+        classes = {name: {**entry, **document["postprocess"]["classes"][name]} for name, entry in tuning["classes"].items()}
+        lines.append(postprocess_file.format_tuning_table({"classes": classes, "mean": tuning["mean"],
+                                                           "image_size": document["image_size"]}))
     return "\n".join(lines)
 
 
@@ -272,7 +252,7 @@ def wandb_enabled(run_dir: Path) -> bool:
     return folder.is_dir() and any(child.is_dir() and "run-" in child.name for child in folder.iterdir())
 
 
-def log_to_wandb(run: runs_module.RunInfo, document: Mapping[str, Any], pictures: Mapping[str, Path]) -> bool:
+def log_to_wandb(run: inference.RunInfo, document: Mapping[str, Any], pictures: Mapping[str, Path]) -> bool:
     """Send the tables and pictures to the run's W&B run (resumed by id; offline works). True if sent."""
     if not wandb_enabled(run.run_dir):
         return False

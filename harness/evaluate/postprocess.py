@@ -23,6 +23,9 @@ classifier probability of a model with a presence head ("classifier"), or the me
 `keep_top`: the class with the largest presence score of each image is never gated away (every image
 of the challenge has at least one class).
 
+Nothing here reads or writes a file: tuning a run (`harness.evaluate.tuning`) and its postprocess.json
+(`harness.evaluate.postprocess_file`) are built on these.
+
 Two searches give the same answer (a test holds them to it, bit for bit):
 - `search` (fast): per threshold, the connected components of each image are computed ONCE; the kept
   area and kept intersection with the truth of every min_size come from the component areas and the
@@ -36,9 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -56,7 +57,6 @@ PRESENCE_THRESHOLDS = (0.0,) + tuple(round(0.10 + 0.05 * step, 2) for step in ra
 RULE_AREA_MINS = (0, 1000, 2500, 5000, 10000)
 RANDOM_THRESHOLD_RANGE = (0.2, 0.9)
 DEFAULT_THRESHOLD = 0.5
-PARAMS_VERSION = 2
 
 PRESENCE_SOURCES = ("pixels", "classifier", "mean")
 DEFAULT_TOP_K = 500  # pixels at 350x525 (0.27% of the image), scaled like the minimum sizes
@@ -403,7 +403,6 @@ def search(
     `presence`: (N, C) presence scores of the gate (default: each map's largest probability);
     `protected`: (N, C) bool, pairs the gate never drops (keep_top).
     """
-    import cv2
     import tqdm
 
     _check_inputs(probabilities, truth)
@@ -427,35 +426,52 @@ def search(
         gated = ((p_mins[None, :] > 0.0) & (presence[:, channel, None] < p_mins[None, :])
                  & ~protected[:, channel, None])
         for t_index, threshold in enumerate(space.thresholds):
-            kept_area = np.zeros((count, len(sizes)), dtype=np.int64)
-            kept_intersection = np.zeros((count, len(sizes)), dtype=np.int64)
-            for index in range(count):
-                mask = (values[index] > np.float32(threshold)).astype(np.uint8)
-                components, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-                if components <= 1:
-                    continue
-                areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
-                # Truth pixels per component: the labels under the truth mask, counted.
-                overlaps = np.bincount(labels.ravel()[truth_pixels[index]], minlength=components)[1:]
-                # Components by decreasing area: those kept by a size are a prefix, so cumulative sums
-                # give the kept area and overlap of every size at once.
-                order = np.argsort(-areas, kind="stable")
-                cumulative_area = np.concatenate(([0], np.cumsum(areas[order])))
-                cumulative_overlap = np.concatenate(([0], np.cumsum(overlaps[order])))
-                kept_count = np.searchsorted(-areas[order], -sizes, side="right")  # areas >= size
-                kept_area[index] = cumulative_area[kept_count]
-                kept_intersection[index] = cumulative_overlap[kept_count]
-            # Gate and area rule, broadcast to (N, S, P, A).
-            dropped = gated[:, None, :, None] | (
-                (area_mins[None, None, None, :] > 0) & (kept_area[:, :, None, None] < area_mins[None, None, None, :])
-            )
-            predicted = np.where(dropped, 0, kept_area[:, :, None, None])
-            intersection = np.where(dropped, 0, kept_intersection[:, :, None, None])
-            dice = _dice(intersection, predicted, truth_areas[:, None, None, None])
-            scores[channel, t_index] = _mean_over_images(np.moveaxis(dice, 0, -1))
+            kept_area, kept_intersection = _kept_by_size(values, threshold, truth_pixels, sizes)
+            scores[channel, t_index] = _rule_scores(kept_area, kept_intersection, truth_areas, gated, area_mins)
             bar.update(1)
     bar.close()
     return SearchResult(space, _choose(space, scores, empty), scores, empty, time.perf_counter() - started)
+
+
+def _kept_by_size(values: np.ndarray, threshold: float, truth_pixels: Sequence[np.ndarray],
+                  sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S) kept area and kept overlap with the truth of every min size, one class at one threshold:
+    the connected components of each image computed once (`values`: (N, H, W) float32)."""
+    import cv2
+
+    count = len(values)
+    kept_area = np.zeros((count, len(sizes)), dtype=np.int64)
+    kept_intersection = np.zeros((count, len(sizes)), dtype=np.int64)
+    for index in range(count):
+        mask = (values[index] > np.float32(threshold)).astype(np.uint8)
+        components, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if components <= 1:
+            continue
+        areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+        # Truth pixels per component: the labels under the truth mask, counted.
+        overlaps = np.bincount(labels.ravel()[truth_pixels[index]], minlength=components)[1:]
+        # Components by decreasing area: those kept by a size are a prefix, so cumulative sums
+        # give the kept area and overlap of every size at once.
+        order = np.argsort(-areas, kind="stable")
+        cumulative_area = np.concatenate(([0], np.cumsum(areas[order])))
+        cumulative_overlap = np.concatenate(([0], np.cumsum(overlaps[order])))
+        kept_count = np.searchsorted(-areas[order], -sizes, side="right")  # areas >= size
+        kept_area[index] = cumulative_area[kept_count]
+        kept_intersection[index] = cumulative_overlap[kept_count]
+    return kept_area, kept_intersection
+
+
+def _rule_scores(kept_area: np.ndarray, kept_intersection: np.ndarray, truth_areas: np.ndarray,
+                 gated: np.ndarray, area_mins: np.ndarray) -> np.ndarray:
+    """(S, P, A) mean Dice over images of one class at one threshold: the gate (`gated`: (N, P)) and the
+    area rule applied to the kept areas and overlaps (N, S), broadcast to (N, S, P, A)."""
+    dropped = gated[:, None, :, None] | (
+        (area_mins[None, None, None, :] > 0) & (kept_area[:, :, None, None] < area_mins[None, None, None, :])
+    )
+    predicted = np.where(dropped, 0, kept_area[:, :, None, None])
+    intersection = np.where(dropped, 0, kept_intersection[:, :, None, None])
+    dice = _dice(intersection, predicted, truth_areas[:, None, None, None])
+    return _mean_over_images(np.moveaxis(dice, 0, -1))
 
 
 def search_reference(
@@ -506,12 +522,6 @@ def dice_by_class(masks: np.ndarray, truth: np.ndarray) -> np.ndarray:
     from harness.run import metrics
 
     return metrics.dice_per_pair(masks, truth).mean(axis=0)
-
-
-def empty_baseline(truth: np.ndarray) -> np.ndarray:
-    """(C,) mean Dice of predicting nothing: the share of images without each class."""
-    truth = np.asarray(truth)
-    return (truth.reshape(truth.shape[0], -1, truth.shape[-1]).max(axis=1) == 0).mean(axis=0).astype(np.float64)
 
 
 # --- tuning: presence source, folds ---------------------------------------------------------------------
@@ -595,286 +605,3 @@ def held_out_dice(
         dice[inside] = metrics.dice_per_pair(masks, np.asarray(truth)[inside])
         tuned_folds.append(tuned)
     return dice, tuned_folds
-
-
-# --- a run or an ensemble: tune, save, print -----------------------------------------------------------
-POSTPROCESS_FILE = "postprocess.json"
-
-
-def held_out_score(folder: Path) -> float | None:
-    """The held-out estimate (`mean.dice_held_out`) of a run's or ensemble's postprocess.json; None without one."""
-    from harness import io
-
-    path = Path(folder) / POSTPROCESS_FILE
-    if not path.exists():
-        return None
-    document = io.read_json(path)
-    value = (document.get("mean") or {}).get("dice_held_out") if isinstance(document, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
-PRESENCE_CHOICES = ("auto", "off") + PRESENCE_SOURCES
-DEFAULT_FOLDS = 2
-
-
-def sources_to_search(presence: str, has_classifier: bool) -> list[str]:
-    """The presence sources a search tries: 'auto' tries every one the model supports, simplest first."""
-    if presence not in PRESENCE_CHOICES:
-        raise HarnessError(f"--presence {presence!r} is not one of: {', '.join(PRESENCE_CHOICES)}")
-    if presence == "auto":
-        return list(PRESENCE_SOURCES) if has_classifier else ["pixels"]
-    if presence == "off":
-        return ["pixels"]  # the gate is off (p_min = 0 only); the source only names the keep_top score
-    if presence != "pixels" and not has_classifier:
-        raise HarnessError(f"--presence {presence} needs a model with a presence head (config presence_head: true); "
-                           "this model has none: use --presence pixels or auto")
-    return [presence]
-
-
-def tune_maps(
-    probabilities: np.ndarray,
-    truth: np.ndarray,
-    classifier: np.ndarray | None,
-    image_hw: tuple[int, int],
-    trials: int = 0,
-    mask_rule: bool = False,
-    presence: str = "auto",
-    top_k: int = DEFAULT_TOP_K,
-    keep_top: bool = False,
-    folds: int = DEFAULT_FOLDS,
-    seed: int = 0,
-    progress: bool = False,
-    repeats: int = 1,
-) -> dict[str, Any]:
-    """The whole tuning of validation maps: search on all images (the parameters to use), and with
-    `folds` >= 2 the same procedure per fold, scored on the images it did not see (the estimate).
-
-    `repeats` > 1: the estimate is the mean over that many fold splits (seeds `seed`, `seed` + 1, ...).
-    On a few hundred images one split moves the estimate by about +-0.005 (docs/evaluation.md); the
-    mean of several is steadier, and the document keeps each split's score to show the spread.
-
-    Returns the postprocess.json sections: search, presence, holdout, classes, dropped, mean.
-    """
-    from harness.run import metrics
-
-    if repeats < 1:
-        raise HarnessError(f"--repeats must be >= 1, got {repeats}")
-    truth = np.asarray(truth)
-    space = build_space(image_hw, trials=trials, mask_rule=mask_rule, seed=seed, presence_gate=presence != "off")
-    sources = sources_to_search(presence, classifier is not None)
-    pixels_k = scaled_top_k(top_k, image_hw)
-
-    def tune_part(part_probabilities: np.ndarray, part_truth: np.ndarray, part_classifier: np.ndarray | None,
-                  show: bool = False) -> Tuned:
-        return tune(part_probabilities, part_truth, space, sources, pixels_k, keep_top, part_classifier, progress=show)
-
-    tuned = tune_part(probabilities, truth, classifier, show=progress)
-    params = tuned.document_params()
-    before = dice_by_class((np.asarray(probabilities) > DEFAULT_THRESHOLD).astype(np.uint8), truth)
-    empty = tuned.result.empty
-    after = metrics.dice_per_pair(apply_postprocess(probabilities, params, classifier), truth).mean(axis=0)
-    held_out = None
-    holdout: dict[str, Any] = {"folds": int(folds), "seed": int(seed), "repeats": int(repeats) if folds else 0}
-    if folds:
-        per_split = []
-        holdout["per_fold"] = []
-        for split_seed in range(seed, seed + repeats):
-            assignment = fold_of_images(len(truth), folds, split_seed)
-            dice, per_fold = held_out_dice(probabilities, truth, assignment, tune_part, classifier)
-            per_split.append(dice.mean(axis=0))
-            holdout["per_fold"] += [
-                {"seed": split_seed, "images": int((assignment == fold).sum()), "presence": part.presence.source,
-                 "dropped": [name for name, choice in zip(CLASSES, part.result.choices) if choice.drop],
-                 "held_out": float(dice[assignment == fold].mean())}
-                for fold, part in enumerate(per_fold)
-            ]
-        held_out = np.mean(per_split, axis=0)
-        holdout["per_split"] = [float(np.mean(split)) for split in per_split]
-    classes = {}
-    for channel, (name, choice) in enumerate(zip(CLASSES, tuned.result.choices)):
-        classes[name] = {
-            **choice.params(),
-            "dice_empty": float(empty[channel]),
-            "dice_before": float(before[channel]),
-            "dice_after": float(after[channel]),
-            "dice_held_out": None if held_out is None else float(held_out[channel]),
-            "dice_best_kept": choice.kept_score,
-        }
-    return {
-        "search": {
-            "method": "random" if trials else "grid",
-            "trials": int(trials),
-            "seed": int(seed),
-            "mask_rule": bool(mask_rule),
-            "candidates_per_class": space.candidates + 1,  # + the empty decision
-            "seconds": round(tuned.result.seconds, 3),
-            **space.to_dict(),
-        },
-        "presence": {**tuned.presence.to_dict(), "top_k_at_350x525": int(top_k), "searched": tuned.source_means,
-                     "gate": presence != "off"},
-        "holdout": holdout,
-        "classes": classes,
-        "dropped": [name for name, choice in zip(CLASSES, tuned.result.choices) if choice.drop],
-        "mean": {
-            "dice_empty": float(np.mean(empty)),
-            "dice_before": float(np.mean(before)),
-            "dice_after": float(np.mean(after)),
-            "dice_held_out": None if held_out is None else float(np.mean(held_out)),
-        },
-        "_scores": tuned.result.scores,  # for the heatmaps; removed before writing
-    }
-
-
-def tune_target(
-    target: Any,
-    trials: int = 0,
-    mask_rule: bool = False,
-    presence: str = "auto",
-    top_k: int = DEFAULT_TOP_K,
-    keep_top: bool = False,
-    folds: int = DEFAULT_FOLDS,
-    tta: str = "none",
-    limit: int = 0,
-    seed: int = 0,
-    progress: bool = True,
-    repeats: int = 1,
-) -> dict[str, Any]:
-    """Predict the validation split of a run or ensemble (`harness.evaluate.ensemble.Target`; cached per
-    member), tune (`tune_maps`), write TARGET/postprocess.json and the search heatmaps; return the document."""
-    from harness import io
-    from harness.evaluate import ensemble, plots, runs
-
-    config = target.config
-    validation = runs.validation_split(config, limit=limit)
-    maps = ensemble.validation_maps(target, validation, tta=tta, progress=progress)
-    sections = tune_maps(maps.probabilities, validation.masks, maps.presence, config.image_hw, trials=trials,
-                         mask_rule=mask_rule, presence=presence, top_k=top_k, keep_top=keep_top, folds=folds,
-                         seed=seed, progress=progress, repeats=repeats)
-    scores = sections.pop("_scores")
-    document = {
-        "version": PARAMS_VERSION,
-        "run_id": target.label,
-        "members": [str(member.run_dir) for member in target.members],
-        "image_size": config.image_size,
-        "validation_images": int(len(validation.names)),
-        "tta": tta,
-        "presence_head": maps.presence is not None,
-        "model_mtime_ns": [(member.run_dir / runs.BEST_FILE).stat().st_mtime_ns for member in target.members],
-        **sections,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    io.atomic_write_json(target.folder / POSTPROCESS_FILE, document)
-    space = sections["search"]
-    plots.search_heatmaps(scores, space["thresholds"], space["min_sizes"], target.folder / "plots" / "postprocess_search.png")
-    return document
-
-
-def params_for_run(run_dir: str | Path) -> tuple[dict[str, Any], bool]:
-    """The tuned parameters of a run or ensemble folder (per class and presence settings, what
-    `apply_postprocess` takes) and True; the plain threshold and False (with a warning on stderr) when
-    the folder has no postprocess.json yet."""
-    document = load_params(run_dir)
-    if document is None:
-        print(
-            f"warning: {Path(run_dir) / POSTPROCESS_FILE} not found: using the plain threshold {DEFAULT_THRESHOLD} "
-            f"for every class (run `harness postprocess {run_dir}` first)",
-            file=sys.stderr,
-        )
-        return {"classes": default_params(), "presence": Presence().to_dict()}, False
-    return {"classes": class_params(document), "presence": presence_settings(document).to_dict()}, True
-
-
-def load_params(run_dir: str | Path) -> dict[str, Any] | None:
-    """RUN_DIR/postprocess.json, checked; None when the run has not been tuned."""
-    from harness import io
-
-    path = Path(run_dir) / POSTPROCESS_FILE
-    try:
-        document = io.read_json(path)
-    except ValueError as error:
-        raise HarnessError(f"{path}: not valid JSON ({error})") from error
-    if document is None:
-        return None
-    if not isinstance(document, dict) or "classes" not in document:
-        raise HarnessError(f"{path}: no 'classes' section (expected the output of `harness postprocess`)")
-    try:
-        class_params(document)
-    except HarnessError as error:
-        raise HarnessError(f"{path}: {error}") from error
-    return document
-
-
-def format_table(document: Mapping[str, Any]) -> str:
-    """Per class: the all-empty baseline, dice raw / tuned-on / held-out, and the decision; plus the mean."""
-    header, rows = table_rows(document)
-    widths = [max(len(str(header[column])), *(len(str(row[column])) for row in rows)) for column in range(len(header))]
-    lines = ["  ".join(str(value).rjust(width) if column else str(value).ljust(width)
-                       for column, (value, width) in enumerate(zip(line, widths)))
-             for line in [header] + rows]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.insert(len(lines) - 1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.4f}"
-
-
-def table_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and text rows of `format_table` (also used for the PNG table and docs).
-
-    empty: predicting nothing; raw: threshold 0.5; tuned-on: the chosen parameters on the images they
-    were tuned on (optimistic); held-out: each fold with parameters tuned on the other folds (the estimate).
-    """
-    from harness.config import parse_size
-
-    image_hw = parse_size(document.get("image_size", f"{REFERENCE_HW[0]}x{REFERENCE_HW[1]}"))
-    factor = (REFERENCE_HW[0] * REFERENCE_HW[1]) / (image_hw[0] * image_hw[1])
-    rule = bool(document.get("search", {}).get("mask_rule"))
-    header = ["class", "empty", "raw", "tuned-on", "held-out", "decision", "threshold", "min size", "@350x525", "presence >="]
-    if rule:
-        header += ["area_min"]
-    rows = []
-    for name in CLASSES:
-        entry = document["classes"][name]
-        dropped = bool(entry.get("drop", False))
-        row = [
-            name,
-            _number(entry.get("dice_empty")),
-            _number(entry["dice_before"]),
-            _number(entry["dice_after"]),
-            _number(entry.get("dice_held_out")),
-            "drop" if dropped else "keep",
-        ]
-        if dropped:
-            row += ["-", "-", "-", "-"] + (["-"] if rule else [])
-        else:
-            row += [f"{entry['threshold']:.2f}", str(entry["min_size"]), str(int(round(entry["min_size"] * factor))),
-                    f"{entry['p_min']:.2f}" if entry.get("p_min", 0.0) > 0 else "off"]
-            if rule:
-                row += [str(entry["area_min"])]
-        rows.append(row)
-    mean = document["mean"]
-    rows.append(["mean", _number(mean.get("dice_empty")), _number(mean["dice_before"]), _number(mean["dice_after"]),
-                 _number(mean.get("dice_held_out"))] + [""] * (len(header) - 5))
-    return header, rows
-
-
-def summary_line(document: Mapping[str, Any]) -> str:
-    """One line: the presence settings, the dropped classes and the held-out estimate's folds."""
-    presence = presence_settings(document)
-    gate = document.get("presence", {}).get("gate", True)
-    parts = [f"presence score: {presence.source}" + (f" (top {presence.top_k} px)" if presence.source != "classifier" else "")
-             + ("" if gate else ", gate off") + (", the most likely class of each image kept" if presence.keep_top else "")]
-    dropped = document.get("dropped") or [name for name, entry in document["classes"].items() if entry.get("drop")]
-    parts.append("dropped (an empty mask scored best): " + (", ".join(dropped) if dropped else "none"))
-    holdout = document.get("holdout", {})
-    folds = holdout.get("folds")
-    splits = holdout.get("per_split") or []
-    if not folds:
-        parts.append("held-out: not estimated (--folds 0)")
-    elif len(splits) > 1:
-        parts.append(f"held-out: {folds}-fold over the validation images, the mean of {len(splits)} splits "
-                     f"(seeds {holdout.get('seed', 0)}..{holdout.get('seed', 0) + len(splits) - 1}; "
-                     f"from {min(splits):.4f} to {max(splits):.4f})")
-    else:
-        parts.append(f"held-out: {folds}-fold over the validation images")
-    return "; ".join(parts)

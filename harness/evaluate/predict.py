@@ -19,10 +19,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from harness import CLASSES
-from harness import io
+from harness import io, runfolder
 from harness.errors import DataError, HarnessError
-from harness.evaluate import postprocess as postprocess_module
-from harness.evaluate import runs as runs_module
+from harness.evaluate import ensemble, inference, postprocess, postprocess_file
 
 SUBMISSION_HW = (350, 525)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -131,28 +130,12 @@ def validate_submission(path: str | os.PathLike[str], order: Sequence[str], size
     return len(body)
 
 
-def predict_run(
-    run_dir: str | os.PathLike[str],
-    images_dir: str | os.PathLike[str],
-    out: str | os.PathLike[str] = "submission.csv",
-    sample_submission: str | os.PathLike[str] | None = None,
-    batch_size: int = runs_module.PREDICT_BATCH,
-    tta: str | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """`predict_target` of one run folder (or ensemble folder)."""
-    from harness.evaluate import ensemble
-
-    return predict_target(ensemble.resolve([run_dir]), images_dir, out=out, sample_submission=sample_submission,
-                          batch_size=batch_size, tta=tta, progress=progress)
-
-
 def predict_target(
-    target: Any,
+    target: ensemble.Target,
     images_dir: str | os.PathLike[str],
     out: str | os.PathLike[str] = "submission.csv",
     sample_submission: str | os.PathLike[str] | None = None,
-    batch_size: int = runs_module.PREDICT_BATCH,
+    batch_size: int = inference.PREDICT_BATCH,
     tta: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -164,13 +147,12 @@ def predict_target(
     import tqdm
 
     from harness.data import cache
-    from harness.evaluate import ensemble
 
     image_names = list_images(images_dir)
     order = submission_order(image_names, sample_submission)
-    params, tuned = postprocess_module.params_for_run(target.folder)
+    params, tuned = postprocess_file.params_for_run(target.folder)
     if tta is None:
-        document = postprocess_module.load_params(target.folder) if tuned else None
+        document = postprocess_file.load_params(target.folder) if tuned else None
         tta = str((document or {}).get("tta", "none"))
     models = ensemble.Models(target).all()
     size = target.config.image_hw
@@ -184,8 +166,8 @@ def predict_target(
         position = 0
         bar = tqdm.tqdm(total=len(image_names), desc="predicting test images", unit="image", disable=not progress)
         for images in batches():
-            maps = ensemble.average([next(runs_module.predict_batches(model, iter([images]), tta=tta)) for model in models])
-            processed = postprocess_module.apply_postprocess(maps.probabilities, params, maps.presence)
+            maps = ensemble.average([next(inference.predict_batches(model, iter([images]), tta=tta)) for model in models])
+            processed = postprocess.apply_postprocess(maps.probabilities, params, maps.presence)
             for image_masks in processed:
                 yield image_names[position], resize_masks(image_masks)
                 position += 1
@@ -202,5 +184,5 @@ def predict_target(
         "non_empty_rows": non_empty,
         "members": len(target.members),
         "tta": tta,
-        "postprocess": postprocess_module.POSTPROCESS_FILE if tuned else "default",
+        "postprocess": runfolder.POSTPROCESS_FILE if tuned else "default",
     }

@@ -1,4 +1,4 @@
-"""`harness sweep report SWEEP_ID`: what the W&B dashboard shows, offline, from the local sweep store.
+"""`harness sweep report --sweep ID`: what the W&B dashboard shows, offline, from the local sweep store.
 
 Writes into `<root>/<sweep_id>/report/`:
     best_runs.png                the best runs (by the sweep's metric and goal) as a table
@@ -26,11 +26,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness import io
+from harness import io, runfolder
 from harness.errors import SweepError
 from harness.evaluate import plots
+from harness.tables import format_table
 
-REPORT_FOLDER = "report"
+REPORT_FILE = "report.md"
 BEST_RUNS = 10
 
 
@@ -105,11 +106,11 @@ def _metric_of(run: Any, metric_name: str | None) -> float:
 def _evaluation_of(run_dir: Path) -> float | None:
     """The run's post-processed dice: the held-out estimate when it was tuned with folds, else the
     tuned-on score (evaluation.json, then postprocess.json)."""
-    tuned = io.read_json(run_dir / "postprocess.json")
+    tuned = io.read_json(run_dir / runfolder.POSTPROCESS_FILE)
     held_out = ((tuned or {}).get("mean") or {}).get("dice_held_out")
     if held_out is not None:
         return float(held_out)
-    evaluation = io.read_json(run_dir / "evaluation.json")
+    evaluation = io.read_json(run_dir / runfolder.EVALUATION_FILE)
     if evaluation:
         return float(evaluation["results"]["plain"]["kaggle_dice_post"])
     if tuned:
@@ -118,7 +119,7 @@ def _evaluation_of(run_dir: Path) -> float | None:
 
 
 def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top: int = BEST_RUNS) -> dict[str, Any]:
-    """Build the report of a local sweep; returns {'folder', 'files', 'best', 'importance'}."""
+    """Build the report of a local sweep; returns {'folder', 'files', 'best', 'importance', 'header'}."""
     from harness.sweep.store import Store
 
     with Store(root, read_only=True) as store:
@@ -126,61 +127,86 @@ def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top:
         runs = store.runs(sweep_id)
         root_path = store.root
     if not runs:
-        raise SweepError(f"sweep {sweep_id} has no runs yet: nothing to report (start an agent: harness agent {sweep_id})")
+        raise SweepError(f"sweep {sweep_id} has no runs yet: nothing to report (start an agent: harness agent --sweep {sweep_id})")
     metric_name = sweep.metric_name or "metric"
-    maximize = sweep.goal == "maximize"
     metric = np.array([_metric_of(run, sweep.metric_name) for run in runs])
-    configs = [dict(run.config) for run in runs]
-    parameters = encode_parameters(configs, sweep.spec.get("parameters") or {})
-    folder = root_path / sweep_id / REPORT_FOLDER
+    parameters = encode_parameters([dict(run.config) for run in runs], sweep.spec.get("parameters") or {})
+    folder = runfolder.sweep_dir(root_path, sweep_id) / runfolder.REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
 
+    best_header, best_rows = _best_runs(sweep, runs, metric, parameters, top, root_path)
+    files = {"best_runs": plots.table_png(best_header, best_rows, folder / "best_runs.png",
+                                          title=f"sweep {sweep_id}: best runs by {metric_name} ({sweep.goal})")}
+    rows = _importance_rows(parameters, metric)
+    if parameters:
+        files.update(_parameter_pictures(sweep_id, len(runs), parameters, metric, metric_name, rows, folder))
+    report = _markdown(sweep, runs, metric_name, best_header, best_rows, rows, files, folder)
+    io.atomic_write_text(folder / REPORT_FILE, report)
+    files["report"] = folder / REPORT_FILE
+    return {"folder": str(folder), "files": {key: str(path) for key, path in files.items()}, "best": best_rows,
+            "importance": rows, "header": best_header}
+
+
+def format_best_runs(report: dict[str, Any]) -> str:
+    """The best-runs table of a `sweep_report` as text (what `harness sweep report` prints)."""
+    return format_table(report["best"], header=report["header"])
+
+
+def _best_runs(sweep: Any, runs: Sequence[Any], metric: np.ndarray, parameters: Sequence[Parameter],
+               top: int, root: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and text rows of the `top` runs by the sweep's metric and goal (runs without one last), with
+    their post-processed dice where tuned or evaluated and the parameters that vary."""
+    maximize = sweep.goal == "maximize"
     ranked = sorted(range(len(runs)), key=lambda index: (not math.isfinite(metric[index]),
                                                          -metric[index] if maximize else metric[index]))
     varying = [parameter.name for parameter in parameters]
-    best_header = ["rank", "run", "state", metric_name, "post dice", "epochs"] + varying
-    best_rows = []
+    header = ["rank", "run", "state", sweep.metric_name or "metric", "post dice", "epochs"] + varying
+    rows = []
     for rank, index in enumerate(ranked[:top], start=1):
         run = runs[index]
-        post = _evaluation_of(root_path / sweep_id / run.id)
-        best_rows.append(
+        post = _evaluation_of(runfolder.run_dir(root, run.sweep_id, run.id))
+        rows.append(
             [str(rank), run.id, run.state, f"{metric[index]:.4f}" if math.isfinite(metric[index]) else "-",
              f"{post:.4f}" if post is not None else "-", str(run.epochs_completed)]
             + [_short(run.config.get(name)) for name in varying]
         )
-    files = {"best_runs": plots.table_png(best_header, best_rows, folder / "best_runs.png",
-                                          title=f"sweep {sweep_id}: best runs by {metric_name} ({sweep.goal})")}
+    return header, rows
 
+
+def _importance_rows(parameters: Sequence[Parameter], metric: np.ndarray) -> list[dict[str, Any]]:
+    """Per parameter: its kind, correlation and importance against the metric; the most important first."""
     rows = []
     for parameter in parameters:
         pearson, weight = importance(parameter, metric)
         rows.append({"parameter": parameter.name, "kind": parameter.kind + (" (log10)" if parameter.log else ""),
                      "correlation": pearson, "importance": weight})
     rows.sort(key=lambda row: -(row["importance"] if math.isfinite(row["importance"]) else -1.0))
-    if parameters:
-        columns = [parameter.name + (" (log10)" if parameter.log else "") for parameter in parameters] + [metric_name]
-        matrix = np.column_stack([parameter.values for parameter in parameters] + [metric])
-        ticks = {
-            position: [(float(level_index), _short(level)) for level_index, level in enumerate(parameter.levels)]
-            for position, parameter in enumerate(parameters) if parameter.kind == "categorical"
-        }
-        for position, parameter in enumerate(parameters):
-            if parameter.log:  # label a log10 axis with the parameter's own values
-                finite = parameter.values[np.isfinite(parameter.values)]
-                ticks[position] = [(float(value), f"{10 ** value:.3g}") for value in (finite.min(), finite.max())]
-        files["parallel_coordinates"] = plots.parallel_coordinates(
+    return rows
+
+
+def _parameter_pictures(sweep_id: str, run_count: int, parameters: Sequence[Parameter], metric: np.ndarray,
+                        metric_name: str, rows: Sequence[dict[str, Any]], folder: Path) -> dict[str, Path]:
+    """parallel_coordinates.png and parameter_importance.png."""
+    columns = [parameter.name + (" (log10)" if parameter.log else "") for parameter in parameters] + [metric_name]
+    matrix = np.column_stack([parameter.values for parameter in parameters] + [metric])
+    ticks = {
+        position: [(float(level_index), _short(level)) for level_index, level in enumerate(parameter.levels)]
+        for position, parameter in enumerate(parameters) if parameter.kind == "categorical"
+    }
+    for position, parameter in enumerate(parameters):
+        if parameter.log:  # label a log10 axis with the parameter's own values
+            finite = parameter.values[np.isfinite(parameter.values)]
+            ticks[position] = [(float(value), f"{10 ** value:.3g}") for value in (finite.min(), finite.max())]
+    return {
+        "parallel_coordinates": plots.parallel_coordinates(
             columns, matrix, ticks, metric, folder / "parallel_coordinates.png", color_label=metric_name,
-            title=f"sweep {sweep_id}: {len(runs)} runs",
-        )
-        files["parameter_importance"] = plots.importance_bars(
+            title=f"sweep {sweep_id}: {run_count} runs",
+        ),
+        "parameter_importance": plots.importance_bars(
             [row["parameter"] for row in rows], [row["correlation"] for row in rows],
             [row["importance"] for row in rows], folder / "parameter_importance.png", metric=metric_name,
-        )
-    report = _markdown(sweep, runs, metric_name, best_header, best_rows, rows, files, folder)
-    io.atomic_write_text(folder / "report.md", report)
-    files["report"] = folder / "report.md"
-    return {"folder": str(folder), "files": {key: str(path) for key, path in files.items()}, "best": best_rows,
-            "importance": rows, "header": best_header}
+        ),
+    }
 
 
 def _short(value: Any) -> str:

@@ -1,5 +1,6 @@
 """`harness launch` (also `python -m harness.launch`): run a sweep's agents on this machine's GPUs, or
-its runs as SLURM jobs. Thin: parse, call harness.launch.gpus / harness.launch.slurm, print."""
+its runs as SLURM jobs; `harness sync`: upload a local sweep's offline W&B runs. Thin: parse, call
+harness.launch.local / harness.launch.slurm / harness.launch.sync, print."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 
 import click
 
-from harness.errors import HarnessError
-from harness.sweep import commands as sweep_commands
+from harness import runfolder
+from harness.cli_common import root_option, store_option, sweep_option
+from harness.errors import HarnessError, LaunchError
+from harness.sweep.ids import is_wandb_sweep
 
 
 @click.command("launch", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--sweep", "sweep_id", required=True, metavar="ID",
-              help="a local sweep id (local-xxxxxxxx, from `harness sweep create`) or a W&B sweep path entity/project/id")
+@sweep_option(bare=False)
 @click.option("--gpus", default=None, metavar="IDS|all|none",
               help="GPU ids (0,1,2,3): one agent per GPU; 'all': every GPU nvidia-smi lists; 'none': CPU agents (--agents)")
 @click.option("--agents", type=click.IntRange(min=1), default=None, help="with --gpus none: how many CPU agents")
@@ -22,8 +24,8 @@ from harness.sweep import commands as sweep_commands
               help="agents sharing each GPU (small models)")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="runs per agent (--gpus), or runs to submit in all (--slurm); default: until the sweep ends")
-@click.option("--root", default=None, help="runs root holding the run folders (and sweeps.db unless --store) [$HARNESS_ROOT or ./runs]")
-@sweep_commands.store_option
+@root_option
+@store_option
 @click.option("--resume", is_flag=True, help="first make the sweep's interrupted (crashed, preempted) runs resumable")
 @click.option("--slurm", "profile_name", default=None, metavar="PROFILE",
               help="submit to SLURM with this profile of jobs/slurm.yaml (e.g. local) instead of running agents here")
@@ -52,8 +54,6 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     python -m harness.launch --slurm local --sweep local-abcd1234 --sync   # live W&B from the login node
     """
     from harness.io import runs_root
-    from harness.launch import gpus as gpus_module
-    from harness.launch.gpus import LaunchError, is_wandb_sweep
 
     if (gpus is None) == (profile_name is None):
         raise LaunchError("say where to run: --gpus IDS|all|none (agents on this machine) or --slurm PROFILE")
@@ -61,8 +61,18 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         raise LaunchError("--parallel goes with --slurm; on this machine the agents are the parallelism")
     root_path = runs_root(root)
     wandb = is_wandb_sweep(sweep_id)
+    _prepare(sweep_id, wandb, root_path, resume, dry_run, sync)
+    if profile_name is not None:
+        _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run, sync)
+    else:
+        _launch_local(sweep_id, wandb, root_path, gpus, agents, agents_per_gpu, count, stagger, max_restarts,
+                      dry_run, sync)
+
+
+def _prepare(sweep_id: str, wandb: bool, root: Path, resume: bool, dry_run: bool, sync: bool) -> None:
+    """Check the sweep (and with --resume make its interrupted runs resumable) and --sync's runs' setting."""
     if not wandb:
-        _check_local_sweep(root_path, sweep_id, resume and not dry_run)
+        _check_local_sweep(root, sweep_id, resume and not dry_run)
     elif resume:
         click.echo("[launch] --resume: a W&B sweep re-runs its preempted runs itself (mark_preempting)")
     if sync and wandb:
@@ -73,12 +83,13 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         for key, value in sync_module.RUN_ENV.items():  # the runs flush their .wandb often (inherited)
             os.environ.setdefault(key, value)
 
-    if profile_name is not None:
-        _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run, sync)
-        return
-    gpu_ids = gpus_module.parse_gpus(gpus)
-    slots = gpus_module.plan_agents(sweep_id, gpu_ids, root_path, agents_per_gpu=agents_per_gpu, agents=agents,
-                                    count=count)
+
+def _launch_local(sweep_id: str, wandb: bool, root: Path, gpus: str, agents: int | None, agents_per_gpu: int,
+                  count: int | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool) -> None:
+    from harness.launch import local
+
+    slots = local.plan_agents(sweep_id, local.parse_gpus(gpus), root, agents_per_gpu=agents_per_gpu,
+                              agents=agents, count=count)
     if dry_run:
         for slot in slots:
             env = " ".join(f"{key}={value!r}" for key, value in slot.env.items())
@@ -88,10 +99,10 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     click.echo(f"[launch] sweep {sweep_id}: {len(slots)} agent(s) ({where}); logs in {slots[0].log.parent}; "
                f"Ctrl-C stops them (each run saves a checkpoint)")
     if not wandb:
-        click.echo(f"[launch] watch: harness status {sweep_id} --root {root_path} --watch")
-    supervisor = gpus_module.Supervisor(slots, stagger_s=stagger, max_restarts=max_restarts,
-                                        echo=lambda line: click.echo(line, err=False))
-    syncer = _start_syncer(root_path, sweep_id) if sync else None
+        click.echo(f"[launch] watch: harness status {sweep_id} --root {root} --watch")
+    supervisor = local.Supervisor(slots, stagger_s=stagger, max_restarts=max_restarts,
+                                  echo=lambda line: click.echo(line, err=False))
+    syncer = _start_syncer(root, sweep_id) if sync else None
     code = supervisor.run()
     if syncer is not None:
         syncer.close()  # every agent has exited: the runs' writers are gone
@@ -101,7 +112,7 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
     if not code and not wandb:
         from harness.sweep.store import Store
 
-        with Store(root_path) as store:
+        with Store(root) as store:
             code = _unsuccessful_exit(store, sweep_id)
     if code and supervisor.stop_signal:
         hint = f" (continue with: python -m harness.launch --gpus {gpus} --sweep {sweep_id} --resume)" if not wandb else ""
@@ -129,7 +140,6 @@ def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, pro
                   parallel: int | None, count: int | None, agents: int | None, dry_run: bool,
                   sync: bool = False) -> None:
     from harness.launch import profiles, slurm
-    from harness.launch.gpus import LaunchError
 
     profile = profiles.load_profile(profile_name, profiles_file)
     if agents is not None and not wandb:
@@ -176,24 +186,23 @@ def _unsuccessful_exit(store, sweep_id: str) -> int:
 
 
 @click.command("sync", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("sweep_id")
-@click.option("--root", default=None, help="runs root holding the sweep's run folders [$HARNESS_ROOT or ./runs]")
+@sweep_option()
+@root_option
 @click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True, help="runs uploaded at a time")
 def sync_command(sweep_id: str, root: str | None, parallel: int) -> None:
     """Upload a local sweep's offline W&B runs (those not uploaded yet) with `wandb sync`.
 
     \b
-    harness sync local-abcd1234 --root runs
+    harness sync --sweep local-abcd1234 --root runs
     A resumed run's folders become one W&B run; a second call uploads nothing.
     """
     from harness.io import runs_root
     from harness.launch import sync as sync_module
-    from harness.launch.gpus import is_wandb_sweep, sweep_folder_name
 
     root_path = runs_root(root)
     if is_wandb_sweep(sweep_id):
         raise HarnessError(f"{sweep_id}: a W&B sweep's runs log online; `harness sync` is for local sweeps")
-    if not (root_path / sweep_folder_name(sweep_id)).is_dir():
+    if not runfolder.sweep_dir(root_path, sweep_id).is_dir():
         raise HarnessError(f"no run folders of sweep {sweep_id} under {root_path} (see --root)")
     result = sync_module.sync_sweep(root_path, sweep_id, parallel=parallel)
     if result.empty:
@@ -223,4 +232,4 @@ def register(group: click.Group) -> None:
     group.add_command(sync_command)
 
 
-__all__ = ["launch_command", "main", "register", "HarnessError"]
+__all__ = ["launch_command", "sync_command", "main", "register"]

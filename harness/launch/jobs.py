@@ -17,6 +17,7 @@ everything else the run writes itself (metrics.jsonl, summary.json); the launche
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -27,10 +28,8 @@ from typing import Any, Mapping, Sequence
 
 import submitit
 
-from harness import io, processes
+from harness import io, processes, runfolder
 
-PLACEMENT_FILE = "slurm.json"
-OUTPUT_FILE = "output.log"
 # After the child stops because of a signal the job itself also got, wait this long for submitit's
 # USR2 (which requeues the job) before returning: the two signals of a preemption arrive together.
 SIGNAL_SETTLE_S = 10.0
@@ -76,9 +75,7 @@ class _ChildJob(submitit.helpers.Checkpointable):
             env.pop(name, None)
         env.update(self.env)
         if getattr(self, "python_first", None):  # absent from jobs pickled by an older version
-            from harness.launch.gpus import path_with_python_first
-
-            env["PATH"] = path_with_python_first(self.python_first, env.get("PATH", ""))
+            env["PATH"] = processes.path_with_python_first(self.python_first, env.get("PATH", ""))
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} SLURM job {os.environ.get('SLURM_JOB_ID', '?')} "
@@ -89,14 +86,13 @@ class _ChildJob(submitit.helpers.Checkpointable):
                                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=_ignore_usr2)
         # poll(), not wait(): wait() holds a lock that checkpoint() (a signal handler running in this
         # same thread) would need to reap the child.
-        while (code := self._process.poll()) is None:
-            time.sleep(0.2)
+        process = self._process
+        processes.wait_until(lambda: process.poll() is not None, math.inf, tick_s=0.2)
+        code = process.returncode
         if code < 0 or code > 128:
             # Stopped by a signal. If it was part of a preemption, submitit's USR2 is on its way and
             # will requeue this job from checkpoint(); give it a moment to arrive.
-            deadline = time.monotonic() + SIGNAL_SETTLE_S
-            while time.monotonic() < deadline and not self._checkpointing:
-                time.sleep(0.2)
+            processes.wait_until(lambda: self._checkpointing, SIGNAL_SETTLE_S, tick_s=0.2)
         return code
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -105,14 +101,12 @@ class _ChildJob(submitit.helpers.Checkpointable):
         process = self._process
         if process is not None and process.poll() is None:
             for signum in self.stop_signals:
-                try:
-                    process.send_signal(signum)
-                except ProcessLookupError:
-                    pass
+                processes.send_signal(process, signum)
             try:
                 process.wait(timeout=self.save_timeout_s)
             except subprocess.TimeoutExpired:
-                process.kill()  # the checkpoint in force is complete: only the work since it is lost
+                # The checkpoint in force is complete: only the work since it is lost.
+                processes.send_signal(process, signal.SIGKILL)
                 process.wait()
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
@@ -122,7 +116,7 @@ class TrainingJob(_ChildJob):
 
     def __init__(self, run_id: str, run_dir: str, argv: Sequence[str], env: Mapping[str, str], workdir: str,
                  save_timeout_s: float = 240.0, unset_env: Sequence[str] = ()) -> None:
-        super().__init__(argv, env, workdir, log=str(Path(run_dir) / OUTPUT_FILE), save_timeout_s=save_timeout_s,
+        super().__init__(argv, env, workdir, log=str(Path(run_dir) / runfolder.OUTPUT_FILE), save_timeout_s=save_timeout_s,
                          unset_env=unset_env)
         self.run_id = run_id
         self.run_dir = str(run_dir)
@@ -169,13 +163,13 @@ def record_placement(run_dir: str | os.PathLike[str], environ: Mapping[str, str]
         "cuda_visible_devices": environ.get("CUDA_VISIBLE_DEVICES"),
         "started": time.time(),
     }
-    io.atomic_write_json(Path(run_dir) / PLACEMENT_FILE, placement)
+    io.atomic_write_json(Path(run_dir) / runfolder.PLACEMENT_FILE, placement)
     return placement
 
 
 def read_placement(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
-        placement = io.read_json(Path(run_dir) / PLACEMENT_FILE)
+        placement = io.read_json(Path(run_dir) / runfolder.PLACEMENT_FILE)
     except ValueError:
         return None
     return placement if isinstance(placement, dict) else None

@@ -13,7 +13,7 @@ import socket
 from typing import Any, Callable
 
 from harness import processes
-from harness.sweep.store import DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
+from harness.sweep.states import DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
 
 
 def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
@@ -28,7 +28,7 @@ def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
     for run in store.runs(sweep_id, states=("pending", "running")):
         if run.agent == "slurm" or run.host not in (None, host):
             continue  # SLURM jobs are re-attached to; runs of other machines are theirs to judge
-        if processes.pid_alive(run.pid) or processes.pid_alive(_agent_pid(run.agent, host)):
+        if processes.pid_alive(run.pid) or processes.pid_alive(processes.agent_pid(run.agent, host)):
             continue
         store.finish_run(run.id, "crashed", agent=run.agent, own_failure=False)  # its holder is gone
         crashed.append(run.id)
@@ -43,11 +43,3 @@ def resume_sweep(store: Any, sweep_id: str, echo: Callable[[str], None] = print,
     if resumable:
         echo(f"[resume] {len(resumable)} preempted/crashed run(s) will be resumed first: {', '.join(resumable)}")
     return {"crashed": crashed, "resumable": resumable, "revived": revived}
-
-
-def _agent_pid(agent: str | None, host: str) -> int | None:
-    """The pid in a local agent's name (`host:pid`) when that agent ran on this host."""
-    if not agent or ":" not in agent:
-        return None
-    agent_host, _, pid = agent.rpartition(":")
-    return int(pid) if agent_host == host and pid.isdigit() else None

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import processes
+from harness import processes, runfolder
+from harness.errors import LaunchError
 from harness.launch import jobs
-from harness.launch.gpus import LaunchError, sweep_folder_name
 from harness.launch.profiles import Profile
 from harness.run import lease
 
@@ -69,11 +69,6 @@ def unknown_job_grace_s() -> float:
     return float(value) if value else UNKNOWN_JOB_GRACE_S
 
 
-def slurm_folder(root: Path, sweep_id: str) -> Path:
-    """submitit's folder for a sweep's jobs (pickles, job stdout/stderr): `<root>/<sweep>/slurm/`."""
-    return Path(root) / sweep_folder_name(sweep_id) / "slurm"
-
-
 def make_executor(folder: Path, profile: Profile, parallel: int | None = None, python: str | None = None):
     import submitit
 
@@ -86,35 +81,34 @@ def make_executor(folder: Path, profile: Profile, parallel: int | None = None, p
 
 
 def run_env(sweep_id: str, run_id: str, root: Path) -> dict[str, str]:
-    """The environment a run's job adds (same variables as a local agent gives its child runs).
+    """The environment a run's job adds: the run variables a local agent gives its child runs too
+    (harness.sweep.spec.run_variables), unbuffered output, and `--sync`'s flush interval.
 
     CUDA_VISIBLE_DEVICES is left alone: SLURM sets it to the GPU it gave the job.
     """
+    from harness.launch import sync
+    from harness.sweep import spec as sweep_spec
+
     return {
-        "WANDB_RUN_ID": run_id,
-        "WANDB_RUN_GROUP": sweep_id,
-        "HARNESS_SWEEP_ID": sweep_id,
-        "HARNESS_ROOT": str(root),
-        "WANDB_MODE": os.environ.get("WANDB_MODE") or "offline",
+        **sweep_spec.run_variables(sweep_id, run_id, root),
         "PYTHONUNBUFFERED": "1",
         # `--sync` (harness.launch.sync) has runs flush their offline .wandb file often: pass it on.
-        **{key: os.environ[key] for key in ("WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL",) if key in os.environ},
+        **{key: os.environ[key] for key in sync.RUN_ENV if key in os.environ},
     }
 
 
 def training_job(sweep: Any, run: Any, root: Path, python: str | None = None,
                  save_timeout_s: float = 240.0) -> jobs.TrainingJob:
     """The submitit callable for one run: the sweep's command expanded for the run's parameters."""
-    from harness.sweep import controller
     from harness.sweep import spec as sweep_spec
 
-    folder = controller.run_dir(root, sweep.id, run.id)
+    folder = runfolder.run_dir(root, sweep.id, run.id)
     folder.mkdir(parents=True, exist_ok=True)
     argv = sweep_spec.expand_command(sweep_spec.sweep_command(sweep.spec), run.config,
                                      program=sweep.spec.get("program"), run_dir=folder, interpreter=python)
     workdir = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
     return jobs.TrainingJob(run.id, str(folder), argv, run_env(sweep.id, run.id, root), workdir,
-                            save_timeout_s=save_timeout_s, unset_env=["WANDB_SWEEP_ID"])
+                            save_timeout_s=save_timeout_s, unset_env=list(sweep_spec.RUN_UNSET_VARIABLES))
 
 
 # --- the controller of a local sweep -------------------------------------------------------------
@@ -124,7 +118,7 @@ class _InFlight:
     job: Any  # submitit.SlurmJob
     folder: Path
     submitted: float
-    history: Any = dataclasses.field(init=False)  # controller.HistoryFollower of the run folder
+    history: Any = dataclasses.field(init=False)  # outcome.HistoryFollower of the run folder
     placement_seen: tuple[Any, ...] | None = None  # (job id, restart count) last recorded
     stop_reason: str | None = None
     over_since: float | None = None  # when sacct first said the job is over
@@ -134,9 +128,9 @@ class _InFlight:
     requeue_noted: str | None = None  # the sacct state last reported as requeued (said once)
 
     def __post_init__(self) -> None:
-        from harness.sweep import controller
+        from harness.sweep import outcome
 
-        self.history = controller.HistoryFollower(self.folder)
+        self.history = outcome.HistoryFollower(self.folder)
 
 
 class SlurmController:
@@ -155,7 +149,7 @@ class SlurmController:
         self.python = python or profile.python or sys.executable
         self.max_job_failures = max_job_failures
         self.root: Path = store.root
-        self.folder = slurm_folder(self.root, sweep_id)
+        self.folder = runfolder.slurm_dir(self.root, sweep_id)  # submitit's pickles, the jobs' stdout/stderr
         self.host = socket.gethostname()
         self.in_flight: dict[str, _InFlight] = {}
         self._held_back: dict[str, str] = {}  # run id -> lease token already reported as holding it
@@ -186,7 +180,7 @@ class SlurmController:
 
     def reattach(self) -> None:
         """Watch again the jobs of runs this launcher (or an earlier one) submitted."""
-        from harness.sweep.store import ACTIVE_STATES
+        from harness.sweep.states import ACTIVE_STATES
 
         import submitit
 
@@ -402,10 +396,10 @@ class SlurmController:
         item.job.cancel(check=False)  # scancel: SIGTERM to the run, which saves and exits
 
     def _finish(self, item: _InFlight, job_state: str | None) -> None:
-        from harness.sweep import controller
+        from harness.sweep import outcome
 
         self._sync(item)
-        summary = controller.read_summary(item.folder)
+        summary = runfolder.read_summary(item.folder)
         exit_code = None
         error = ""
         if _result_exists(item.job):
@@ -426,7 +420,7 @@ class SlurmController:
                       f"(exit {exit_code}): given back, no attempt spent")
             return
         if exit_code is not None:
-            state = controller.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
+            state = outcome.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
             self.job_failures = 0
         elif summary and summary.get("status") == "finished":
             state = "finished"
@@ -506,9 +500,7 @@ class SlurmController:
         return self._executor
 
     def _run_folder(self, run_id: str) -> Path:
-        from harness.sweep import controller
-
-        return controller.run_dir(self.root, self.sweep_id, run_id)
+        return runfolder.run_dir(self.root, self.sweep_id, run_id)
 
     def _job_by_name(self, run_id: str) -> str | None:
         """The queued/running job named for the run, or None once squeue has answered that there is none.
@@ -642,13 +634,13 @@ def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int |
     count_args = ("--count", str(count)) if count is not None else ()
     argv = (python, "-m", "wandb", "agent", "--forward-signals", *count_args, sweep_path)
     parameters = profile.submitit_parameters(parallel)
-    parameters["name"] = f"{JOB_PREFIX}wandb-{sweep_folder_name(sweep_path)}"
+    parameters["name"] = f"{JOB_PREFIX}wandb-{runfolder.sweep_folder_name(sweep_path)}"
     # W&B's agent needs its server: no WANDB_MODE here (offline would break the sweep). SLURM sets
     # CUDA_VISIBLE_DEVICES; HARNESS_ROOT says where the runs' folders go.
     env = {"HARNESS_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
-    return WandbArrayPlan(folder=slurm_folder(root, sweep_path), executor_arguments=profile.executor_arguments(),
+    return WandbArrayPlan(folder=runfolder.slurm_dir(root, sweep_path), executor_arguments=profile.executor_arguments(),
                           parameters=parameters, tasks=tasks, argv=argv,
-                          env=env, log_dir=Path(root) / sweep_folder_name(sweep_path) / "agents",
+                          env=env, log_dir=runfolder.agents_dir(root, sweep_path),
                           save_timeout_s=profile.save_timeout_s())
 
 

@@ -33,7 +33,7 @@ How it behaves (checked against tests/fakes/wandb_backend.py, see tests/launch/t
   the folder is left unmarked, named, and `harness sync` uploads it later. So `close` never waits out
   its whole grace on a folder that cannot be uploaded live.
 
-`sync_sweep` (`harness sync SWEEP_ID`) is the same by hand, for a sweep that ran with no network:
+`sync_sweep` (`harness sync --sweep ID`) is the same by hand, for a sweep that ran with no network:
 one `wandb sync` of every folder not yet synced; W&B's `.wandb.synced` markers make a second call
 upload nothing.
 """
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -49,14 +50,12 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness import processes
-from harness.launch.gpus import sweep_folder_name
+from harness import processes, runfolder
 
 FLUSH_INTERVAL_S = 5  # how often a run writes its .wandb file while syncing is on (W&B's default: 15 s)
 RUN_ENV = {"WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL": str(FLUSH_INTERVAL_S)}
 HEADER_BYTES = 7  # a .wandb file holding only its header: the process wrote nothing before it died
 OFFLINE_PREFIX = "offline-run-"
-SYNC_LOG_DIR = "sync"  # <root>/<sweep>/sync/<run id>.log: what the sync processes printed
 RETRY_WAIT_MAX_S = 10  # the sync processes' longest wait between retries (wandb-core's file_stream/GraphQL)
 SYNC_ENV = {"WANDB_X_FILE_STREAM_RETRY_WAIT_MAX_SECONDS": str(RETRY_WAIT_MAX_S),
             "WANDB_X_GRAPHQL_RETRY_WAIT_MAX_SECONDS": str(RETRY_WAIT_MAX_S)}
@@ -81,7 +80,7 @@ def service_reachable(base_url: str | None = None, timeout_s: float = 5.0) -> bo
 
 def offline_folders(root: Path, sweep_id: str) -> dict[str, list[Path]]:
     """{run id: its offline W&B folders, oldest first} for a sweep's run folders under `root`."""
-    sweep_folder = Path(root) / sweep_folder_name(sweep_id)
+    sweep_folder = runfolder.sweep_dir(root, sweep_id)
     found: dict[str, list[Path]] = {}
     for folder in sorted(sweep_folder.glob(f"*/wandb/{OFFLINE_PREFIX}*")):
         if folder.is_dir():
@@ -141,7 +140,7 @@ class LiveSyncer:
         self.stall_s = stall_s
         self.give_up_after = give_up_after
         self.echo = echo
-        self.log_dir = self.root / sweep_folder_name(sweep_id) / SYNC_LOG_DIR
+        self.log_dir = runfolder.sweep_dir(self.root, sweep_id) / runfolder.SYNC_DIR  # <run id>.log each
         self.folders: dict[Path, _Folder] = {}
         self.started = 0  # sync processes started, in all
         self.reachable_since: float | None = None  # since when the service has answered each probe
@@ -160,11 +159,8 @@ class LiveSyncer:
     def close(self, timeout_s: float = 300.0) -> bool:
         """The runs are over: let the last uploads finish (at most `timeout_s`); True when all did."""
         self._finishing.set()
-        deadline = time.monotonic() + timeout_s
-        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
-            if self._all_done():
-                break
-            time.sleep(0.2)
+        processes.wait_until(lambda: self._thread is None or not self._thread.is_alive() or self._all_done(),
+                             timeout_s, tick_s=0.2)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -301,15 +297,15 @@ class LiveSyncer:
 
 
 def _terminate(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    process.terminate()
+    processes.send_signal(process, signal.SIGTERM)
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        processes.send_signal(process, signal.SIGKILL)
         process.wait()
 
 
-# --- by hand: `harness sync SWEEP_ID` -----------------------------------------------------------------
+# --- by hand: `harness sync --sweep ID` ----------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class SyncResult:
     uploaded: list[Path]  # folders W&B marked synced by this call

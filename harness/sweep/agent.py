@@ -5,8 +5,9 @@ One agent runs one child at a time (one agent per GPU). The loop, until the swee
    become crashed), then `Store.claim_run`
    (a crashed or preempted run first, with its id and config; else the engine's next proposal).
 2. Start the sweep's `command` with W&B's macros expanded (`spec.expand_command`) in the directory
-   the sweep was created from, with WANDB_RUN_ID, WANDB_RUN_GROUP (= sweep id), HARNESS_SWEEP_ID,
-   HARNESS_ROOT and WANDB_MODE (offline unless set); its output goes to `<run folder>/output.log`.
+   the sweep was created from, with `spec.run_variables` (WANDB_RUN_ID, WANDB_RUN_GROUP = sweep id,
+   HARNESS_SWEEP_ID, HARNESS_ROOT, WANDB_MODE offline unless set) and the agent's CUDA_VISIBLE_DEVICES;
+   its output goes to `<run folder>/output.log`.
 3. While it runs: heartbeat, copy `metrics.jsonl` into the store, ask hyperband whether to stop it,
    and stop it (SIGTERM, then SIGKILL after a grace period) when told to.
 4. When it exits: finished / stopped / preempted / failed from its exit code and `summary.json`.
@@ -36,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from harness import processes
+from harness import processes, runfolder
 from harness.run import lease as lease_module
-from harness.sweep import controller, engine, spec as sweep_spec
-from harness.sweep.store import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, Run, Store, Sweep, local_agent_id
+from harness.sweep import engine, outcome, spec as sweep_spec
+from harness.sweep.states import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
+from harness.sweep.store import Run, Store, Sweep
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_STALE_AFTER_S = 120.0
@@ -69,7 +71,7 @@ def run_agent(
     store = Store(root)
     sweep = store.get_sweep(sweep_id)
     host = socket.gethostname()
-    agent = local_agent_id(host, os.getpid())
+    agent = processes.agent_id(host, os.getpid())
     gpu = gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
     say = echo or (lambda line: print(f"[agent {agent}] {line}", file=sys.stderr, flush=True))
     signals = processes.SignalFlag().install()
@@ -127,7 +129,7 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
 def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: processes.SignalFlag,
              say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float) -> str | None:
     """Start, watch and record one run; returns its final state (None if another agent or process owns it)."""
-    folder = controller.run_dir(store.root, sweep.id, run.id)
+    folder = runfolder.run_dir(store.root, sweep.id, run.id)
     folder.mkdir(parents=True, exist_ok=True)
     if not _wait_for_previous_process(store, run, agent, folder, kill_grace_s, heartbeat_s, signals, say):
         return None
@@ -135,9 +137,9 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
                                      program=sweep.spec.get("program"), run_dir=folder)
     cwd = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
     params = " ".join(f"{key}={value}" for key, value in run.config.items())
-    say(f"run {run.id} (#{run.seq}, attempt {run.attempts}): {params} -> {folder / 'output.log'}")
+    say(f"run {run.id} (#{run.seq}, attempt {run.attempts}): {params} -> {folder / runfolder.OUTPUT_FILE}")
     started = time.monotonic()
-    with open(folder / "output.log", "ab") as log:
+    with open(folder / runfolder.OUTPUT_FILE, "ab") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {run.attempts} by agent {agent}: "
                   f"{' '.join(argv)}\n".encode())
         log.flush()
@@ -155,7 +157,7 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
                    kill_grace_s=kill_grace_s)
     exit_code = watch.wait(poll_s)
     watch.sync_metrics()
-    summary = controller.read_summary(folder)
+    summary = runfolder.read_summary(folder)
     if watch.lost:
         say(f"run {run.id} was taken over by another agent; its child exited {exit_code}")
         return None
@@ -165,8 +167,8 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
         say(f"run {run.id}: its folder is another process's (exit {exit_code}): given back, no attempt spent")
         processes.sleep_unless(min(5.0, kill_grace_s), lambda: signals.count)  # do not claim it straight back
         return None
-    state = controller.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
-                                   preempt_requested=watch.forwarded)
+    state = outcome.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
+                                preempt_requested=watch.forwarded)
     # A signal the agent forwarded (Ctrl-C of the launcher, SIGTERM) is not the run's failure.
     store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent, own_failure=not watch.forwarded)
     best = store.get_run(run.id).best_metric
@@ -185,14 +187,14 @@ class _Watch:
         self.store, self.sweep, self.run, self.agent, self.child = store, sweep, run, agent, child
         self.signals, self.say = signals, say
         self.heartbeat_s, self.kill_grace_s = heartbeat_s, kill_grace_s
-        self.folder = controller.run_dir(store.root, sweep.id, run.id)
+        self.folder = runfolder.run_dir(store.root, sweep.id, run.id)
         self.stop_reason: str | None = None
         self.lost = False
         self.forwarded = False
         self._terminated_at: float | None = None
         self._killed = False
         self._signals_seen = 0
-        self._history = controller.HistoryFollower(self.folder)
+        self._history = outcome.HistoryFollower(self.folder)
         self._last_beat = time.monotonic()
 
     def wait(self, poll_s: float) -> int:
@@ -257,32 +259,21 @@ class _Watch:
     def _terminate(self) -> None:
         if self._terminated_at is None:
             self._terminated_at = time.monotonic()
-            _send(self.child, signal.SIGTERM)
+            processes.send_signal(self.child, signal.SIGTERM)
 
     def _kill(self) -> None:
         self._killed = True
-        _send(self.child, signal.SIGKILL)
-
-
-def _send(child: subprocess.Popen, signum: int) -> None:
-    try:
-        child.send_signal(signum)
-    except ProcessLookupError:
-        pass
+        processes.send_signal(self.child, signal.SIGKILL)
 
 
 def _child_env(sweep_id: str, run_id: str, root: Path, gpu: str | None) -> dict[str, str]:
-    env = processes.child_environment()
-    env.pop("WANDB_SWEEP_ID", None)  # a local sweep: the run passes its own id to wandb.init
-    env.update({
-        "WANDB_RUN_ID": run_id,
-        "WANDB_RUN_GROUP": sweep_id,
-        "HARNESS_SWEEP_ID": sweep_id,
-        "HARNESS_ROOT": str(root),
-    })
-    env.setdefault("WANDB_MODE", "offline")
+    """The run's environment: the agent's, with the run's variables (and its GPU when the agent has one)."""
+    extra = sweep_spec.run_variables(sweep_id, run_id, root)
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
+        extra["CUDA_VISIBLE_DEVICES"] = gpu
+    env = processes.child_environment(extra)
+    for name in sweep_spec.RUN_UNSET_VARIABLES:
+        env.pop(name, None)
     return env
 
 
@@ -314,36 +305,40 @@ def _wait_for_previous_process(store: Store, run: Run, agent: str, folder: Path,
 
 def _wait_for(store: Store, run: Run, agent: str, pid: int, alive: Callable[[], bool], grace_s: float,
               heartbeat_s: float, signals: processes.SignalFlag, say: Callable[[str], None]) -> bool:
+    """Wait for process `pid` to exit, heartbeating the claim; SIGKILL it after `grace_s` (and again every
+    30 s after). False: do not start the run (a signal came: the run is given back; or it was lost)."""
     say(f"run {run.id}: waiting for its previous process {pid} to exit")
-    deadline = time.monotonic() + grace_s
     last_beat = time.monotonic()
-    while alive():
+    ended_by: list[str] = []  # "signal" or "lost" when the wait ends with the process still alive
+
+    def over() -> bool:
+        nonlocal last_beat
+        if not alive():
+            return True
         if signals.count:
-            store.release_run(run.id, agent)
-            return False
-        if time.monotonic() - last_beat >= heartbeat_s:
+            ended_by.append("signal")
+        elif time.monotonic() - last_beat >= heartbeat_s:
             last_beat = time.monotonic()
             if store.heartbeat(run.id, agent=agent) == "lost":
-                say(f"run {run.id}: no longer this agent's while waiting: not started")
-                return False
-        if time.monotonic() > deadline:
-            say(f"run {run.id}: previous process {pid} still alive after {grace_s:g} s: SIGKILL")
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + 30.0  # the kernel reaps it within moments
-        time.sleep(0.1)
+                ended_by.append("lost")
+        return bool(ended_by)
+
+    wait_s = grace_s
+    while not processes.wait_until(over, wait_s):
+        say(f"run {run.id}: previous process {pid} still alive after {grace_s:g} s: SIGKILL")
+        processes.send_signal(pid, signal.SIGKILL)
+        wait_s = 30.0  # the kernel reaps it within moments
+    if ended_by == ["signal"]:
+        store.release_run(run.id, agent)
+        return False
+    if ended_by == ["lost"]:
+        say(f"run {run.id}: no longer this agent's while waiting: not started")
+        return False
     # Heartbeat once more: the claim must still be this agent's before a child is started.
     return store.heartbeat(run.id, agent=agent) != "lost"
 
 
 def _is_run_process(pid: int, run_id: str) -> bool:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if status.split(") ", 1)[-1].startswith("Z"):  # a zombie has exited already
-        return False
-    return f"WANDB_RUN_ID={run_id}".encode() in environ.split(b"\0")
+    """Whether `pid` is a live process (not a zombie) of run `run_id`, by the WANDB_RUN_ID it started with."""
+    environment = processes.process_environment(pid)
+    return environment is not None and processes.pid_alive(pid) and environment.get("WANDB_RUN_ID") == run_id

@@ -6,31 +6,16 @@ is `harness sweep create FILE`. Other areas may add subcommands to `sweep_group`
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
 
+from harness.cli_common import root_option, store_option, sweep_option
 from harness.errors import SweepError
-
-ROOT_HELP = "runs root holding the run folders (and sweeps.db unless --store) [$HARNESS_ROOT or ./runs]"
-
-
-def _export_store(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    # Exported, so this process's Store() and every agent or run it starts open the same file.
-    if value:
-        os.environ["HARNESS_STORE"] = str(Path(value).expanduser().absolute())
-    return value
-
-
-def store_option(function):
-    """`--store PATH`: the sweep database, when it must not live in the runs root (a shared filesystem)."""
-    return click.option("--store", default=None, metavar="PATH", expose_value=False, callback=_export_store,
-                        is_eager=True,
-                        help="the sweep database file (or its folder) [$HARNESS_STORE or ROOT/sweeps.db]; "
-                             "keep it on a local disk when the runs root is on NFS/Lustre")(function)
+from harness.sweep.ids import is_wandb_sweep
 
 
 @click.group("sweep")
@@ -40,7 +25,7 @@ def sweep_group() -> None:
 
 @sweep_group.command("create")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--root", default=None, help=ROOT_HELP)
+@root_option
 @store_option
 @click.option("--backend", type=click.Choice(["local", "wandb"]), default="local", show_default=True,
               help="local: this machine's store, no server needed; wandb: create it on W&B (needs a login)")
@@ -133,8 +118,8 @@ def validate_command(ctx: click.Context, files: tuple[Path, ...]) -> None:
 
 def _state_command(name: str, state: str, doc: str):
     @sweep_group.command(name, help=doc)
-    @click.argument("sweep_id")
-    @click.option("--root", default=None, help=ROOT_HELP)
+    @sweep_option()
+    @root_option
     @store_option
     def command(sweep_id: str, root: str | None) -> None:
         from harness.sweep.store import Store
@@ -157,15 +142,15 @@ def _state_command(name: str, state: str, doc: str):
     return command
 
 
-stop_command = _state_command("stop", "stopped", "Stop a sweep: no new runs, and agents stop their running runs.")
-pause_command = _state_command("pause", "paused", "Pause a sweep: no new runs; running runs go on.")
-resume_command = _state_command("resume", "running", "Resume a paused or stopped sweep.")
+_state_command("stop", "stopped", "Stop a sweep (--sweep ID): no new runs, and agents stop their running runs.")
+_state_command("pause", "paused", "Pause a sweep (--sweep ID): no new runs; running runs go on.")
+_state_command("resume", "running", "Resume a paused or stopped sweep (--sweep ID).")
 
 
 @click.command("agent")
-@click.argument("sweep_id")
+@sweep_option(help_text="the local sweep to run (local-xxxxxxxx, from `harness sweep create`)")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="stop after this many runs")
-@click.option("--root", default=None, help=ROOT_HELP)
+@root_option
 @store_option
 @click.option("--gpu", default=None, help="CUDA_VISIBLE_DEVICES for the runs (default: the agent's own)")
 @click.option("--heartbeat", "heartbeat_s", type=float, default=None, help="seconds between heartbeats [10]")
@@ -180,10 +165,8 @@ resume_command = _state_command("resume", "running", "Resume a paused or stopped
 def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: str | None, gpu: str | None,
                   heartbeat_s: float | None, stale_after_s: float | None, poll_s: float | None,
                   max_attempts: int | None, kill_grace_s: float | None) -> None:
-    """Run runs of local sweep SWEEP_ID, one at a time, until it ends (or --count runs)."""
+    """Run runs of a local sweep (--sweep ID), one at a time, until it ends (or --count runs)."""
     from harness.sweep import agent
-
-    from harness.launch.gpus import is_wandb_sweep
 
     if is_wandb_sweep(sweep_id):
         raise SweepError(f"{sweep_id} looks like a W&B sweep path: run it with `wandb agent --forward-signals "
@@ -196,8 +179,8 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
 
 
 @click.command("status")
-@click.argument("sweep_id", required=False)
-@click.option("--root", default=None, help=ROOT_HELP)
+@sweep_option(required=False, help_text="the local sweep to show (default: list the store's sweeps)")
+@root_option
 @store_option
 @click.option("--watch", is_flag=True, help="refresh until the sweep is over (Ctrl-C to leave)")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="seconds between refreshes")
@@ -205,15 +188,15 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
 @click.option("--best", is_flag=True, help="print only the folder of the best finished run (for scripts)")
 def status_command(sweep_id: str | None, root: str | None, watch: bool, interval: float, limit: int | None,
                    best: bool) -> None:
-    """Table of a sweep's runs, best first (without SWEEP_ID: the sweeps in the store)."""
-    from harness import io
+    """Table of a sweep's runs, best first (without --sweep ID: the sweeps in the store)."""
+    from harness import processes, runfolder
     from harness.sweep import status
     from harness.sweep.store import Store
 
     with Store(root, read_only=True) as store:
         if sweep_id is None:
             if best:
-                raise SweepError("--best needs a SWEEP_ID")
+                raise SweepError("--best needs --sweep ID")
             click.echo(status.sweeps_text(store))
             return
         store.get_sweep(sweep_id)
@@ -221,19 +204,20 @@ def status_command(sweep_id: str | None, root: str | None, watch: bool, interval
             run = status.best_run(store, sweep_id)
             if run is None:
                 raise SweepError(f"sweep {sweep_id} has no finished run with a metric yet")
-            click.echo(io.runs_root(root) / sweep_id / run.id)
+            click.echo(runfolder.run_dir(store.root, sweep_id, run.id))
             return
         if not watch:
             click.echo(status.status_text(store, sweep_id, limit=limit))
             return
+
+        def show() -> bool:
+            text = status.status_text(store, sweep_id, limit=limit)
+            click.clear()
+            click.echo(text)
+            return status.is_settled(store, sweep_id)
+
         try:
-            while True:
-                text = status.status_text(store, sweep_id, limit=limit)
-                click.clear()
-                click.echo(text)
-                if status.is_settled(store, sweep_id):
-                    break
-                time.sleep(interval)
+            processes.wait_until(show, math.inf, tick_s=interval)  # until the sweep is over
         except KeyboardInterrupt:
             pass
 

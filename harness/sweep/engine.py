@@ -10,24 +10,32 @@ preempted runs that will be resumed as pending (they are not results yet); crash
 attempts as crashed (imputed as the worst result, like failed); stopped runs with metric values as
 finished (hyperband stopped them on real, lagging numbers), without any as killed.
 
-Below the store: it imports nothing of harness.sweep at run time but the spec's engine import.
+Below the store, which imports it: it reads runs through `EngineRun`'s attributes (the store's `Run`
+has them too) and the run states from harness.sweep.states.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from harness.sweep.store import Run
+from harness.sweep.spec import import_engine, sweep_metric
+from harness.sweep.states import DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
 
-RESUMABLE_STATES = ("preempted", "crashed")  # the store's, repeated: this module sits below it
+
+class EngineRun(NamedTuple):
+    """What the engine reads of a run: the store builds these from a few columns when it claims (a full
+    `Run` has the same attributes, so either may be passed)."""
+
+    id: str
+    config: dict[str, Any]
+    state: str
+    metric_values: list[float]
+    failures: int = 0
 
 
 def load_engine() -> Any:
     """Import the `sweeps` engine and the search modules `next_run` imports on its first call."""
-    from harness.sweep.spec import import_engine
-
     sweeps = import_engine()
     import sweeps.bayes_search  # noqa: F401 - next_run imports all three on every call
     import sweeps.grid_search  # noqa: F401
@@ -36,7 +44,7 @@ def load_engine() -> Any:
     return sweeps
 
 
-def engine_state(run: "Run", max_attempts: int) -> str:
+def engine_state(run: EngineRun, max_attempts: int) -> str:
     """The engine's RunState name for one of our runs (see the module docstring)."""
     if run.state in RESUMABLE_STATES:
         return "pending" if run.failures < max_attempts else ("crashed" if run.state == "crashed" else "killed")
@@ -45,10 +53,8 @@ def engine_state(run: "Run", max_attempts: int) -> str:
     return run.state  # pending, running, finished, failed
 
 
-def engine_runs(runs: Sequence["Run"], metric_name: str | None, max_attempts: int) -> list[Any]:
+def engine_runs(runs: Sequence[EngineRun], metric_name: str | None, max_attempts: int) -> list[Any]:
     """Our runs as `sweeps.SweepRun`s, with only the sweep metric in their history (all the engine reads)."""
-    from harness.sweep.spec import import_engine
-
     sweeps = import_engine()
     converted = []
     for run in runs:
@@ -64,17 +70,15 @@ def engine_runs(runs: Sequence["Run"], metric_name: str | None, max_attempts: in
     return converted
 
 
-def propose(spec: Mapping[str, Any], runs: Sequence["Run"],
-            max_attempts: int = 5) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+def propose(spec: Mapping[str, Any], runs: Sequence[EngineRun],
+            max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     """(parameters, the engine's search info) of the next run, or None when a grid is exhausted.
 
     Parameters come back flat ({"learning_rate": 0.001}), in the order of the sweep file, as plain
     Python values (the engine may hand out NumPy scalars).
     """
-    from harness.sweep.spec import import_engine
-
     sweeps = import_engine()
-    metric_name = (spec.get("metric") or {}).get("name") if isinstance(spec.get("metric"), dict) else None
+    metric_name, _ = sweep_metric(spec)
     with warnings.catch_warnings():
         # The GP's fit reports length scales at their bounds on every proposal; it is noise in agent logs.
         warnings.filterwarnings("ignore", message="The optimal value found for dimension")
@@ -108,14 +112,13 @@ def grid_size(spec: Mapping[str, Any]) -> int | None:
     return size
 
 
-def runs_to_stop(spec: Mapping[str, Any], runs: Sequence["Run"], max_attempts: int = 5) -> set[str]:
+def runs_to_stop(spec: Mapping[str, Any], runs: Sequence[EngineRun],
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> set[str]:
     """Ids of running runs that hyperband (`early_terminate`) says to stop; empty without early_terminate."""
     if not spec.get("early_terminate"):
         return set()
-    from harness.sweep.spec import import_engine
-
     sweeps = import_engine()
-    metric_name = (spec.get("metric") or {}).get("name")
+    metric_name, _ = sweep_metric(spec)
     return {run.name for run in sweeps.stop_runs(dict(spec), engine_runs(runs, metric_name, max_attempts))}
 
 

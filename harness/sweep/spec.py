@@ -1,4 +1,5 @@
-"""Sweep YAMLs: load them, check them, and expand their `command` exactly as W&B's agent does.
+"""Sweep YAMLs: load them, check them, read their metric (`sweep_metric`), and expand their `command`
+exactly as W&B's agent does (with `run_variables`, the environment a run is started with).
 
 A sweep file is W&B's sweep config (method, metric, parameters, early_terminate, run_cap, command,
 program), so `wandb sweep FILE` and `harness sweep create FILE` accept the same file. Checking has two
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from harness import config as harness_config
+from harness import io, runfolder
 from harness.errors import ConfigError, SweepError
 
 # W&B's default when a sweep has no `command` (wandb/sdk/launch/sweeps/utils.py).
@@ -42,8 +44,6 @@ TRAIN_ARG_MACROS = ("args", "args_no_equals", "args_no_hyphens", "args_no_boolea
 ENVVAR_PATTERN = re.compile(r"\$\{envvar\:([A-Z0-9_]*)\}")
 _WHOLE_MACRO = re.compile(r"^\$\{([A-Za-z0-9_]+)\}$")
 _ANY_MACRO = re.compile(r"\$\{([^}]*)\}")
-# The name of the file `${args_json_file}` writes in the run folder.
-ARGS_JSON_FILE = "args.json"
 
 # Engine parameter types, by the name `sweeps.params.HyperParameter` gives them.
 _GRID_TYPES = ("param_categorical", "param_single_value", "param_int_uniform", "param_quniform")
@@ -168,14 +168,6 @@ def locate(problems: Iterable[str], path: str | os.PathLike[str]) -> list[str]:
         line = lines.get(key) or lines.get(key.rsplit(".", 1)[0])
         located.append(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
     return located
-
-
-def check_spec(spec: Any, source: str = "sweep") -> dict[str, Any]:
-    """`spec` itself if it has no problems; else `SweepError` listing them all."""
-    problems = validate_spec(spec)
-    if problems:
-        raise SweepError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return spec
 
 
 def import_engine():
@@ -370,7 +362,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# --- the command line of a run -------------------------------------------------------------------
+# --- the command line and environment of a run -----------------------------------------------------
 def sweep_command(spec: Mapping[str, Any]) -> list[str]:
     """The sweep's `command`, or W&B's default."""
     command = spec.get("command")
@@ -435,10 +427,8 @@ def expand_command(
     if "${args_json_file}" in items:
         if run_dir is None:
             raise SweepError("the sweep command uses ${args_json_file}, which needs the run folder")
-        json_path = Path(run_dir) / ARGS_JSON_FILE
-        from harness.io import atomic_write_text
-
-        atomic_write_text(json_path, values["args_json"][0])
+        json_path = Path(run_dir) / runfolder.ARGS_FILE
+        io.atomic_write_text(json_path, values["args_json"][0])
         values["args_json_file"] = [str(json_path)]
     argv: list[str] = []
     for item in items:
@@ -456,12 +446,40 @@ def _expand_envvars(item: str, environ: Mapping[str, str]) -> str:
     return item
 
 
-# --- small readers used by the store, agent and status ------------------------------------------
-def metric_of(spec: Mapping[str, Any]) -> tuple[str | None, str]:
-    """(metric name or None, goal 'maximize'/'minimize')."""
-    metric = spec.get("metric") or {}
+# What a run's process must not inherit from its agent or launcher: a local sweep's run passes its own
+# id to wandb.init (W&B's agent variable would have it look for a W&B sweep).
+RUN_UNSET_VARIABLES = ("WANDB_SWEEP_ID",)
+
+
+def run_variables(sweep_id: str, run_id: str, root: str | os.PathLike[str],
+                  environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a sweep's run is started with, on top of its parent's environment less
+    `RUN_UNSET_VARIABLES`: the same for a local agent's child and a SLURM job's.
+
+    WANDB_RUN_ID is the run id and WANDB_RUN_GROUP = HARNESS_SWEEP_ID the sweep id (so W&B groups a
+    sweep's runs), HARNESS_ROOT the runs root, WANDB_MODE the parent's (`environ`, default os.environ)
+    if it sets one, else offline (unset and empty alike): nothing reaches a W&B server unless asked for.
+    """
+    environ = os.environ if environ is None else environ
+    return {
+        "WANDB_RUN_ID": run_id,
+        "WANDB_RUN_GROUP": sweep_id,
+        "HARNESS_SWEEP_ID": sweep_id,
+        "HARNESS_ROOT": str(root),
+        "WANDB_MODE": environ.get("WANDB_MODE") or "offline",
+    }
+
+
+# --- small readers used by the store, the engine bridge, agents and status ----------------------
+def sweep_metric(spec: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(the metric's name, or None without one; its goal, 'maximize' or 'minimize'): the one reader of a
+    sweep's `metric`, for the store, the engine bridge, agents, `harness status` and reports.
+
+    The goal defaults to minimize, as W&B's does (a sweep without `metric.goal` minimizes).
+    """
+    metric = spec.get("metric")
     if not isinstance(metric, dict):
-        return None, "maximize"
+        return None, "minimize"
     return metric.get("name"), metric.get("goal") or "minimize"
 
 

@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 from harness.sweep.spec import swept_keys
-from harness.sweep.store import ACTIVE_STATES, RUN_STATES, Run, Store, Sweep
+from harness.sweep.states import ACTIVE_STATES, RUN_STATES
+from harness.sweep.store import Run, Store, Sweep
+from harness.tables import format_table
 
 
 def sorted_runs(sweep: Sweep, runs: list[Run]) -> list[Run]:
@@ -63,7 +65,7 @@ def status_text(store: Store, sweep_id: str, now: float | None = None, limit: in
     shown = runs if limit is None else runs[:limit]
     columns = ["#", "run", "state", metric, "epoch", *keys, "gpu", "host", "beat", "try"]
     rows = [[_cell(value) for value in _row(run, keys, now)] for run in shown]
-    table = format_table(columns, rows) if rows else ""
+    table = format_table(rows, header=columns) if rows else ""
     lines = header + ([""] + [table] if table else [])
     if limit is not None and len(runs) > limit:
         lines.append(f"... and {len(runs) - limit} more")
@@ -81,7 +83,7 @@ def sweeps_text(store: Store) -> str:
         rows.append([sweep.id, sweep.method, outcome(sweep, counts), str(sum(counts.values())),
                      ", ".join(f"{n} {state}" for state, n in counts.items() if n),
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep.created))])
-    return format_table(["sweep", "method", "state", "runs", "states", "created"], rows)
+    return format_table(rows, header=["sweep", "method", "state", "runs", "states", "created"])
 
 
 def is_settled(store: Store, sweep_id: str) -> bool:
@@ -89,14 +91,6 @@ def is_settled(store: Store, sweep_id: str) -> bool:
     sweep = store.get_sweep(sweep_id)
     counts = store.counts(sweep_id)
     return sweep.state in ("finished", "stopped") and not any(counts[state] for state in ACTIVE_STATES)
-
-
-def format_table(columns: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column)
-              for i, column in enumerate(columns)]
-    lines = ["  ".join(column.ljust(width) for column, width in zip(columns, widths)).rstrip()]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def _row(run: Run, keys: list[str], now: float) -> list[Any]:

@@ -8,12 +8,8 @@ runs inside `BEGIN IMMEDIATE`, which takes the write lock before reading, so two
 Only processes on the machine that holds the file may write it (SQLite locking is unreliable on network
 filesystems); cluster nodes report through run folders instead (see docs/architecture.md).
 
-Run states: pending (claimed, not started: a queued SLURM job), running, finished, failed, crashed
-(its agent stopped heartbeating), preempted (stopped by a signal after a checkpoint), stopped
-(hyperband or `harness sweep stop`). Crashed and preempted runs are resumed first, with the same id
-and config, up to `max_attempts` claims in all.
-Sweep states: running (runs are handed out), paused (none are; running runs go on), stopped (none are,
-and agents stop their running runs), finished (grid exhausted or run_cap reached, nothing left running).
+The states of sweeps and runs, and how they change, are harness.sweep.states; proposals come from W&B's
+engine through harness.sweep.engine.
 """
 
 from __future__ import annotations
@@ -28,20 +24,16 @@ import sqlite3
 import string
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from harness import processes
 from harness.errors import SweepError
 from harness.io import runs_root
 from harness.sweep import engine
+from harness.sweep.spec import sweep_metric
+from harness.sweep.states import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, RUN_STATES, SWEEP_STATES
 
 DB_NAME = "sweeps.db"
-SWEEP_STATES = ("running", "paused", "stopped", "finished")
-RUN_STATES = ("pending", "running", "finished", "failed", "crashed", "preempted", "stopped")
-ACTIVE_STATES = ("pending", "running")
-RESUMABLE_STATES = ("preempted", "crashed")
-TERMINAL_STATES = ("finished", "failed", "stopped")
-DEFAULT_MAX_ATTEMPTS = 5
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _SCHEMA_VERSION = "1"
 
@@ -176,13 +168,11 @@ class Sweep:
 
     @property
     def metric_name(self) -> str | None:
-        metric = self.spec.get("metric") or {}
-        return metric.get("name") if isinstance(metric, dict) else None
+        return sweep_metric(self.spec)[0]
 
     @property
     def goal(self) -> str:
-        metric = self.spec.get("metric") or {}
-        return (metric.get("goal") if isinstance(metric, dict) else None) or "minimize"
+        return sweep_metric(self.spec)[1]
 
     @property
     def run_cap(self) -> int | None:
@@ -223,17 +213,6 @@ class Run:
     @property
     def epochs_completed(self) -> int:
         return int(self.summary.get("epochs_completed") or len(self.metric_values))
-
-
-class EngineInput(NamedTuple):
-    """What `engine.engine_runs` needs of a run (the same attribute names as `Run`)."""
-
-    id: str
-    config: dict[str, Any]
-    state: str
-    attempts: int
-    metric_values: list[float]
-    failures: int = 0
 
 
 class Store:
@@ -375,7 +354,7 @@ class Store:
                 self._finish_if_idle(db, sweep_id, max_attempts)
                 return None
             # Random search ignores the runs; grid needs their configs; bayes also their metric values.
-            runs = [] if sweep.method == "random" else self._engine_inputs(db, sweep_id, sweep.method == "bayes")
+            runs = [] if sweep.method == "random" else self._engine_runs(db, sweep_id, sweep.method == "bayes")
             proposal = engine.propose(sweep.spec, runs, max_attempts=max_attempts)
             if proposal is None:
                 self._finish_if_idle(db, sweep_id, max_attempts)
@@ -397,9 +376,9 @@ class Store:
         Every agent calls this before claiming, so a run whose agent was killed is resumed by another.
         A controller that runs jobs elsewhere (SLURM) heartbeats its runs while their jobs are alive.
         With `host` (the caller's host name), a run held by a local agent of that host (agent id
-        `HOST:PID`) whose process is gone is crashed at once, without waiting out the heartbeat: /proc
-        answers for this host only, so agents on other hosts are judged by their heartbeat alone. A
-        reused pid only delays this to the heartbeat timeout.
+        `HOST:PID`, processes.agent_id) whose process is gone is crashed at once, without waiting out the
+        heartbeat: /proc answers for this host only, so agents on other hosts are judged by their
+        heartbeat alone. A reused pid only delays this to the heartbeat timeout.
         """
         cutoff = time.time() - timeout_s
         with self._write() as db:
@@ -409,7 +388,7 @@ class Store:
             if host is not None:
                 stale += [row["id"] for row in db.execute(
                     "SELECT id, agent FROM runs WHERE sweep_id = ? AND state = 'running' AND heartbeat >= ?",
-                    (sweep_id, cutoff)) if _local_agent_gone(row["agent"], host)]
+                    (sweep_id, cutoff)) if processes.agent_gone(row["agent"], host)]
             for run_id in stale:
                 db.execute("UPDATE runs SET state = 'crashed', ended = ? WHERE id = ?", (time.time(), run_id))
         return stale
@@ -529,10 +508,6 @@ class Store:
         runs = self._runs(self._db, sweep_id, with_history=with_history)
         return [run for run in runs if states is None or run.state in states]
 
-    def runs_with_jobs(self, sweep_id: str) -> list[Run]:
-        """Pending or running runs that have a cluster job id (to re-attach to after a restart)."""
-        return [run for run in self.runs(sweep_id, states=ACTIVE_STATES) if run.job_id]
-
     def counts(self, sweep_id: str) -> dict[str, int]:
         """Number of runs per state (every state present, zero included)."""
         counts = {state: 0 for state in RUN_STATES}
@@ -588,12 +563,12 @@ class Store:
             db.execute("UPDATE sweeps SET state = 'finished', updated = ? WHERE id = ? AND state = 'running'",
                        (time.time(), sweep_id))
 
-    def _engine_inputs(self, db: sqlite3.Connection, sweep_id: str, with_metrics: bool) -> list["EngineInput"]:
+    def _engine_runs(self, db: sqlite3.Connection, sweep_id: str, with_metrics: bool) -> list[engine.EngineRun]:
         """The few columns the engine reads, without decoding the rest (claims stay fast at 500 runs)."""
-        rows = db.execute("SELECT id, config, state, attempts, metric_values, failures FROM runs WHERE sweep_id = ? "
+        rows = db.execute("SELECT id, config, state, metric_values, failures FROM runs WHERE sweep_id = ? "
                           "ORDER BY seq", (sweep_id,))
-        return [EngineInput(row["id"], json.loads(row["config"]), row["state"], row["attempts"],
-                            json.loads(row["metric_values"]) if with_metrics else [], row["failures"])
+        return [engine.EngineRun(row["id"], json.loads(row["config"]), row["state"],
+                                 json.loads(row["metric_values"]) if with_metrics else [], row["failures"])
                 for row in rows]
 
     def _metric_of_run(self, run_id: str) -> tuple[str | None, str]:
@@ -625,17 +600,6 @@ def _run_from_row(row: sqlite3.Row) -> Run:
         history=json.loads(row["history"]) if "history" in keys else None,
         failures=row["failures"],
     )
-
-
-def local_agent_id(host: str, pid: int) -> str:
-    """The store's agent id of a local agent process (harness.sweep.agent): `HOST:PID`."""
-    return f"{host}:{pid}"
-
-
-def _local_agent_gone(agent: str | None, host: str) -> bool:
-    """Is `agent` a local agent of `host` (`local_agent_id`) whose process has ended?"""
-    name, _, pid = (agent or "").rpartition(":")
-    return name == host and pid.isdigit() and not processes.pid_alive(int(pid))
 
 
 def _random_id(length: int = 8) -> str:

@@ -16,7 +16,7 @@ from harness import CLASSES
 from harness import io
 from harness.cli import main
 from harness.data import rle
-from harness.evaluate import ensemble, postprocess, predict, runs
+from harness.evaluate import ensemble, inference, postprocess, postprocess_file, predict
 from harness.sweep.store import Store
 from tests.conftest import CACHE_SIZE
 from tests.evaluate.conftest import train_tiny
@@ -44,7 +44,7 @@ def test_model_outputs_returns_mask_and_presence_logits_of_a_two_output_model():
     keras.utils.set_random_seed(0)
     model = _two_output_model(8, 12)
     x = np.random.default_rng(0).standard_normal((2, 8, 12, 3)).astype(np.float32)
-    mask_logits, presence_logits = runs.model_outputs(model, x)
+    mask_logits, presence_logits = inference.model_outputs(model, x)
     expected_mask, expected_presence = (np.asarray(value) for value in model(x, training=False))
     assert mask_logits.shape == (2, 8, 12, 4) and presence_logits.shape == (2, 4)
     np.testing.assert_allclose(mask_logits, expected_mask, rtol=1e-6)
@@ -54,17 +54,17 @@ def test_model_outputs_returns_mask_and_presence_logits_of_a_two_output_model():
     # Outputs that end in a sigmoid (today's single-output models) come back as logits too.
     probability_model = _two_output_model(8, 12, sigmoid=True)
     probability_model.set_weights(model.get_weights())
-    mask_again, presence_again = runs.model_outputs(probability_model, x)
+    mask_again, presence_again = inference.model_outputs(probability_model, x)
     np.testing.assert_allclose(mask_again, mask_logits, atol=1e-4)
     np.testing.assert_allclose(presence_again, presence_logits, atol=1e-4)
     single = keras.Model(probability_model.input, probability_model.outputs[0])
-    mask_only, none = runs.model_outputs(single, x)
+    mask_only, none = inference.model_outputs(single, x)
     assert none is None
     np.testing.assert_allclose(mask_only, mask_logits, atol=1e-4)
     # Two outputs with other names break the contract: said so, naming them.
     renamed = keras.Model(model.input, {"masks": model.outputs[0], "classes": model.outputs[1]})
     with pytest.raises(Exception, match="'mask' and 'presence'"):
-        runs.model_outputs(renamed, x)
+        inference.model_outputs(renamed, x)
 
 
 def test_flip_tta_averages_presence_probabilities_too():
@@ -73,10 +73,10 @@ def test_flip_tta_averages_presence_probabilities_too():
     keras.utils.set_random_seed(1)
     model = _two_output_model(8, 12)
     images = np.random.default_rng(1).integers(0, 255, (3, 8, 12, 3), dtype=np.uint8)
-    plain = runs.predict_maps(model, images, progress=False)
-    hflip = runs.predict_maps(model, images[:, :, ::-1], progress=False)
-    vflip = runs.predict_maps(model, images[:, ::-1], progress=False)
-    tta = runs.predict_maps(model, images, tta="flips", progress=False)
+    plain = inference.predict_maps(model, images, progress=False)
+    hflip = inference.predict_maps(model, images[:, :, ::-1], progress=False)
+    vflip = inference.predict_maps(model, images[:, ::-1], progress=False)
+    tta = inference.predict_maps(model, images, tta="flips", progress=False)
     np.testing.assert_allclose(tta.presence, (plain.presence + hflip.presence + vflip.presence) / 3, atol=1e-6)
     np.testing.assert_allclose(tta.probabilities,
                                (plain.probabilities + hflip.probabilities[:, :, ::-1] + vflip.probabilities[:, ::-1]) / 3,
@@ -116,20 +116,20 @@ def test_presence_logits_are_cached_beside_the_validation_logits_and_searched(pr
     cached = sorted(path.name.split("-")[1] for path in (presence_run / "cache").glob("val-*.npy"))
     assert cached == ["logits", "presence"]
     # The cache answers without the model, presence included.
-    run = runs.load_run(presence_run)
-    validation = runs.validation_split(run.config)
+    run = inference.load_run(presence_run)
+    validation = inference.validation_split(run.config)
 
     def no_model():
         raise AssertionError("the model was loaded although the cache holds its predictions")
 
-    maps = runs.validation_maps(presence_run, validation, model_loader=no_model)
-    fresh = runs.predict_maps(runs.load_model(presence_run), validation.images, progress=False)
+    maps = inference.validation_maps(presence_run, validation, model_loader=no_model)
+    fresh = inference.predict_maps(inference.load_model(presence_run), validation.images, progress=False)
     np.testing.assert_allclose(maps.presence, fresh.presence, atol=1e-6)
     # The submission uses the presence head too: recompute one image's rows by hand.
     out = tmp_path / "submission.csv"
     result = _invoke("predict", presence_run, "--images", synth_dir / "test_images", "--out", out)
     assert result.exit_code == 0, result.output
-    _check_submission_image(out, [runs.load_model(presence_run)], synth_dir / "test_images", document)
+    _check_submission_image(out, [inference.load_model(presence_run)], synth_dir / "test_images", document)
 
 
 @pytest.mark.slow
@@ -146,11 +146,11 @@ def test_a_run_trained_with_the_presence_head_is_tuned_on_its_classifier_evaluat
     assert document["mean"]["dice_held_out"] == pytest.approx(np.mean(document["holdout"]["per_split"]), abs=1e-12)
     assert "the mean of 2 splits" in result.output
     # The gate's scores are the trained head's own probabilities on the validation images.
-    run = runs.load_run(run_dir)
-    validation = runs.validation_split(run.config)
-    model = runs.load_model(run_dir)
-    maps = runs.validation_maps(run_dir, validation, model_loader=lambda: None)  # from the cache
-    fresh = runs.predict_maps(model, validation.images, progress=False)
+    run = inference.load_run(run_dir)
+    validation = inference.validation_split(run.config)
+    model = inference.load_model(run_dir)
+    maps = inference.validation_maps(run_dir, validation, model_loader=lambda: None)  # from the cache
+    fresh = inference.predict_maps(model, validation.images, progress=False)
     assert fresh.presence is not None and fresh.presence.shape == (len(validation.images), 4)
     np.testing.assert_allclose(maps.presence, fresh.presence, atol=1e-6)
     masks = postprocess.apply_postprocess(maps.probabilities, document, maps.presence)
@@ -176,7 +176,7 @@ def _check_submission_image(out: Path, models: list, images_dir: Path, document:
 
     image = sorted(path.name for path in images_dir.iterdir())[1]
     batch = cache.load_image(images_dir / image, CACHE_SIZE)[None]
-    maps = ensemble.average([runs.predict_maps(model, batch, tta=tta, progress=False) for model in models])
+    maps = ensemble.average([inference.predict_maps(model, batch, tta=tta, progress=False) for model in models])
     expected = predict.resize_masks(postprocess.apply_postprocess(maps.probabilities, document, maps.presence)[0])
     rows = dict(line.split(",", 1) for line in out.read_text().splitlines()[1:])
     for channel, name in enumerate(CLASSES):
@@ -198,8 +198,8 @@ def test_an_ensemble_of_two_runs_tunes_on_averaged_maps_and_writes_one_submissio
     document = json.loads((folder / "postprocess.json").read_text())
     assert document["tta"] == "flips" and len(document["members"]) == 2
     # Tuned on the mean of the members' own (cached) TTA maps.
-    validation = runs.validation_split(runs.load_run(first).config)
-    each = [runs.validation_maps(run_dir, validation, tta="flips", model_loader=lambda: None) for run_dir in (first, second)]
+    validation = inference.validation_split(inference.load_run(first).config)
+    each = [inference.validation_maps(run_dir, validation, tta="flips", model_loader=lambda: None) for run_dir in (first, second)]
     assert not np.allclose(each[0].probabilities, each[1].probabilities, atol=1e-3)  # two different models
     averaged = (each[0].probabilities + each[1].probabilities) / 2
     for name, channel in zip(CLASSES, range(4)):
@@ -219,7 +219,7 @@ def test_an_ensemble_of_two_runs_tunes_on_averaged_maps_and_writes_one_submissio
     result = _invoke("predict", folder, "--images", synth_dir / "test_images", "--out", out)
     assert result.exit_code == 0, result.output
     assert "2 model(s), tta flips" in result.output
-    _check_submission_image(out, [runs.load_model(first), runs.load_model(second)], synth_dir / "test_images",
+    _check_submission_image(out, [inference.load_model(first), inference.load_model(second)], synth_dir / "test_images",
                             document, tta="flips")
 
 
@@ -272,7 +272,7 @@ def test_rank_by_held_out_tunes_the_untuned_runs_and_ranks_by_their_own_post_pro
     result = _invoke("postprocess", "--sweep", sweep_id, "--top", "2", "--root", tmp_path, "--rank-by", "held-out",
                      "--out-dir", tmp_path / "ranked")
     assert result.exit_code == 0, result.output
-    tuned = {filters: postprocess.held_out_score(tmp_path / sweep_id / run_id) for filters, run_id in by_filters.items()}
+    tuned = {filters: postprocess_file.held_out_score(tmp_path / sweep_id / run_id) for filters, run_id in by_filters.items()}
     assert tuned[3] == 0.999 and all(0.0 <= tuned[filters] <= 1.0 for filters in (2, 4))  # both tuned by the command
     second_best = max((2, 4), key=lambda filters: (tuned[filters], metric[filters]))  # a tie keeps the metric order
     members = json.loads((tmp_path / "ranked" / "ensemble.json").read_text())

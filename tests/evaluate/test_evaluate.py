@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from harness import CLASSES
 from harness import io
 from harness.cli import main
-from harness.evaluate import evaluate, runs
+from harness.evaluate import ensemble, evaluate, inference
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +40,7 @@ def test_postprocess_command_tunes_writes_json_and_prints_the_table(tuned_run: t
         row = next(line for line in output.splitlines() if line.startswith(name))
         assert f"{entry['dice_before']:.4f}" in row and f"{entry['dice_after']:.4f}" in row
     assert "mean" in output
-    assert document["validation_images"] == len(runs.validation_split(runs.load_run(run_dir).config).names)
+    assert document["validation_images"] == len(inference.validation_split(inference.load_run(run_dir).config).names)
     assert _is_png(run_dir / "plots" / "postprocess_search.png")
 
 
@@ -90,13 +90,13 @@ def test_evaluate_command_scores_plots_and_matches_the_training_metrics(tuned_co
 
 @pytest.mark.slow
 def test_flip_tta_averages_the_flipped_predictions(trained_run: Path):
-    model = runs.load_model(trained_run)
-    validation = runs.validation_split(runs.load_run(trained_run).config, limit=2)
+    model = inference.load_model(trained_run)
+    validation = inference.validation_split(inference.load_run(trained_run).config, limit=2)
     images = np.asarray(validation.images)
-    plain = runs.predict_maps(model, images, progress=False).probabilities
-    hflip = runs.predict_maps(model, images[:, :, ::-1], progress=False).probabilities[:, :, ::-1]
-    vflip = runs.predict_maps(model, images[:, ::-1], progress=False).probabilities[:, ::-1]
-    tta = runs.predict_maps(model, images, tta="flips", progress=False).probabilities
+    plain = inference.predict_maps(model, images, progress=False).probabilities
+    hflip = inference.predict_maps(model, images[:, :, ::-1], progress=False).probabilities[:, :, ::-1]
+    vflip = inference.predict_maps(model, images[:, ::-1], progress=False).probabilities[:, ::-1]
+    tta = inference.predict_maps(model, images, tta="flips", progress=False).probabilities
     np.testing.assert_allclose(tta, (plain + hflip + vflip) / 3.0, atol=1e-5)
     assert not np.allclose(tta, plain, atol=1e-4)  # the flips do change the answer
 
@@ -107,7 +107,7 @@ def test_untuned_run_uses_the_threshold_and_logs_to_an_offline_wandb_run(run_cop
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     (run_copy / "wandb" / f"offline-run-20260101_000000-{run_copy.name}").mkdir(parents=True)
-    document = evaluate.evaluate_run(run_copy, augment="none", overlays=2, progress=False)
+    document = evaluate.evaluate_target(ensemble.resolve([run_copy]), augment="none", overlays=2, progress=False)
     assert "warning" in capsys.readouterr().err  # no postprocess.json
     assert document["postprocess"]["source"] == "default"
     plain = document["results"]["plain"]
@@ -172,9 +172,9 @@ def test_cached_logits_keep_threshold_half_exact():
         np.array([0.0, 1.0, 0.5, edge, np.nextafter(np.float32(0.5), np.float32(0.0))], dtype=np.float32),
     ])
     probabilities = values.reshape(1, -1, 1, 1)
-    logits = runs.encode_logits(probabilities)
+    logits = inference.encode_logits(probabilities)
     assert logits.dtype == np.float16
-    back = runs.decode_logits(logits)
+    back = inference.decode_logits(logits)
     assert back.dtype == np.float32
     np.testing.assert_array_equal(back > np.float32(0.5), probabilities > np.float32(0.5))
     assert ((probabilities.astype(np.float16) > 0.5) != (probabilities > 0.5)).sum() > 100  # what it avoids

@@ -9,7 +9,7 @@ import pytest
 
 from harness import CLASSES
 from harness.errors import HarnessError
-from harness.evaluate import postprocess
+from harness.evaluate import postprocess, postprocess_file
 from harness.run import metrics
 
 H, W = 40, 60
@@ -158,11 +158,11 @@ def test_bad_parameters_name_the_class_and_the_file(tmp_path):
         postprocess.class_params({name: {"threshold": "high" if name == "Sugar" else 0.5} for name in CLASSES})
     (tmp_path / "postprocess.json").write_text("{not json")
     with pytest.raises(HarnessError, match="postprocess.json"):
-        postprocess.load_params(tmp_path)
+        postprocess_file.load_params(tmp_path)
     (tmp_path / "postprocess.json").write_text(json.dumps({"version": 1}))
     with pytest.raises(HarnessError, match="classes"):
-        postprocess.load_params(tmp_path)
-    assert postprocess.load_params(tmp_path / "nowhere") is None
+        postprocess_file.load_params(tmp_path)
+    assert postprocess_file.load_params(tmp_path / "nowhere") is None
     with pytest.raises(HarnessError, match="thresholds"):
         postprocess.SearchSpace(thresholds=(), min_sizes=(0,))
 

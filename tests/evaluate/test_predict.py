@@ -103,11 +103,11 @@ def test_predict_command_writes_a_checked_submission_in_sample_order(tuned_copy:
     decoded = {label: rle.decode(encoded_pixels, 350, 525, label) for label, encoded_pixels in rows[1:]}
     # The rows are the model's post-processed masks, resized: recompute one image's by hand.
     from harness.data import cache
-    from harness.evaluate import postprocess, runs
+    from harness.evaluate import inference, postprocess, postprocess_file
 
     image = sorted(path.name for path in images_dir.iterdir())[1]
-    probabilities = runs.predict_maps(runs.load_model(tuned_copy), cache.load_image(images_dir / image, (64, 96))[None], progress=False).probabilities
-    expected = predict.resize_masks(postprocess.apply_postprocess(probabilities, postprocess.load_params(tuned_copy))[0])
+    probabilities = inference.predict_maps(inference.load_model(tuned_copy), cache.load_image(images_dir / image, (64, 96))[None], progress=False).probabilities
+    expected = predict.resize_masks(postprocess.apply_postprocess(probabilities, postprocess_file.load_params(tuned_copy))[0])
     for channel, name in enumerate(CLASSES):
         np.testing.assert_array_equal(decoded[f"{image}_{name}"], expected[..., channel])
 

@@ -8,7 +8,7 @@ import pytest
 
 from harness import CLASSES
 from harness.errors import HarnessError
-from harness.evaluate import postprocess
+from harness.evaluate import postprocess, postprocess_file, tuning
 from harness.run import metrics
 
 H, W = 20, 30
@@ -64,13 +64,19 @@ def test_a_candidate_that_beats_nothing_is_kept(search):
     np.testing.assert_array_equal(postprocess.apply_postprocess(probabilities, params), truth)
 
 
+def _empty_baseline(truth: np.ndarray) -> np.ndarray:
+    """(C,) mean Dice of predicting nothing, worked out on its own: the share of images without each class."""
+    truth = np.asarray(truth)
+    return (truth.reshape(truth.shape[0], -1, truth.shape[-1]).max(axis=1) == 0).mean(axis=0).astype(np.float64)
+
+
 def test_a_tuned_class_never_scores_below_its_empty_baseline_on_random_maps():
     rng = np.random.default_rng(7)
     probabilities = rng.random((6, H, W, 4)).astype(np.float32)  # noise: the masks are mostly wrong
     truth = (rng.random((6, H, W, 4)) > 0.7).astype(np.uint8)
     truth[:4, :, :, 2] = 0  # a mostly absent class
     result = postprocess.search(probabilities, truth, SMALL)
-    empty = postprocess.empty_baseline(truth)
+    empty = _empty_baseline(truth)
     np.testing.assert_array_equal(result.empty, empty)
     assert all(choice.score >= value for choice, value in zip(result.choices, empty))
     assert result.choices[2].drop  # 4 of 6 images empty, noisy masks: nothing is better
@@ -204,7 +210,7 @@ def test_tune_maps_reports_empty_raw_tuned_on_and_held_out_per_class():
     probabilities, truth = _nothing_wins_maps()
     probabilities = np.concatenate([probabilities, probabilities])
     truth = np.concatenate([truth, truth])
-    sections = postprocess.tune_maps(probabilities, truth, None, (H, W), folds=2, seed=3)
+    sections = tuning.tune_maps(probabilities, truth, None, (H, W), folds=2, seed=3)
     assert sections["dropped"] == list(CLASSES)
     for name in CLASSES:
         entry = sections["classes"][name]
@@ -216,11 +222,11 @@ def test_tune_maps_reports_empty_raw_tuned_on_and_held_out_per_class():
         assert entry["dice_held_out"] == 0.75
     assert sections["mean"]["dice_held_out"] == 0.75 and sections["holdout"]["folds"] == 2
     assert all(part["dropped"] == list(CLASSES) for part in sections["holdout"]["per_fold"])
-    table = postprocess.format_table({**sections, "image_size": f"{H}x{W}"})
+    table = postprocess_file.format_tuning_table({**sections, "image_size": f"{H}x{W}"})
     assert "held-out" in table and "drop" in table
-    assert "dropped (an empty mask scored best): Fish, Flower, Gravel, Sugar" in postprocess.summary_line(sections)
+    assert "dropped (an empty mask scored best): Fish, Flower, Gravel, Sugar" in postprocess_file.summary_line(sections)
     with pytest.raises(HarnessError, match="presence head"):
-        postprocess.tune_maps(probabilities, truth, None, (H, W), presence="classifier")
+        tuning.tune_maps(probabilities, truth, None, (H, W), presence="classifier")
 
 
 def test_old_postprocess_files_keep_their_meaning():
@@ -255,7 +261,7 @@ def test_the_searched_score_is_what_applying_the_choice_gives_with_presence_and_
         applied = metrics.dice_per_pair(postprocess.apply_postprocess(probabilities, tuned.document_params(), classifier),
                                         truth).mean(axis=0)
         np.testing.assert_allclose(applied, [choice.score for choice in tuned.result.choices], rtol=0, atol=1e-12)
-    sections = postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=3, seed=1)
+    sections = tuning.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=3, seed=1)
     assert set(sections["presence"]["searched"]) == {"pixels", "classifier", "mean"}
     assert len(sections["holdout"]["per_fold"]) == 3 and sum(part["images"] for part in sections["holdout"]["per_fold"]) == 6
 
@@ -263,9 +269,9 @@ def test_the_searched_score_is_what_applying_the_choice_gives_with_presence_and_
 def test_repeats_average_the_held_out_estimate_over_fold_splits():
     """--repeats 3 is exactly the mean of the three single-split estimates (seeds 4, 5, 6), per class."""
     probabilities, truth, classifier = _random_maps(5, images=12, power=2, absent=0.7, empty_class=1, empty_images=5)
-    single = [postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=seed)
+    single = [tuning.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=seed)
               for seed in (4, 5, 6)]
-    repeated = postprocess.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=4, repeats=3)
+    repeated = tuning.tune_maps(probabilities, truth, classifier, (H, W), keep_top=True, folds=2, seed=4, repeats=3)
     split_scores = [document["mean"]["dice_held_out"] for document in single]
     assert len(set(split_scores)) > 1  # the splits really differ, so the mean is not any one of them
     np.testing.assert_allclose(repeated["holdout"]["per_split"], split_scores, rtol=0, atol=1e-12)
@@ -277,6 +283,6 @@ def test_repeats_average_the_held_out_estimate_over_fold_splits():
         assert repeated["classes"][name]["threshold"] == single[0]["classes"][name]["threshold"]
     assert [part["seed"] for part in repeated["holdout"]["per_fold"]] == [4, 4, 5, 5, 6, 6]
     assert repeated["holdout"]["repeats"] == 3
-    assert "the mean of 3 splits (seeds 4..6" in postprocess.summary_line(repeated)
+    assert "the mean of 3 splits (seeds 4..6" in postprocess_file.summary_line(repeated)
     with pytest.raises(HarnessError, match="repeats"):
-        postprocess.tune_maps(probabilities, truth, classifier, (H, W), repeats=0)
+        tuning.tune_maps(probabilities, truth, classifier, (H, W), repeats=0)

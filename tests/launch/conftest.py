@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_TRAIN = Path(__file__).resolve().parent / "fake_train.py"
+FAKE_TRAIN = Path(__file__).resolve().parents[1] / "fakes" / "fake_train.py"
 TEST_SLURM = REPO / "scripts" / "test_slurm.sh"
 PARTITION = "debug"  # scripts/test_slurm.sh's partition (both modes), the `local` profile's
 MULTINODE_STATE = Path(os.environ.get("CLOUDSWEEP_MULTINODE_STATE", "/tmp/cloudsweep-slurm-multinode"))
@@ -172,7 +172,7 @@ def slurm_multinode(slurm_multinode_session: MultiNodeCluster) -> MultiNodeClust
 
 
 def fake_sweep_spec(values: list[float], epochs: int = 3, epoch_s: float = 0.5, **extra: Any) -> dict[str, Any]:
-    """A grid sweep over `quality` whose runs are tests/launch/fake_train.py (a real child program)."""
+    """A grid sweep over `quality` whose runs are tests/fakes/fake_train.py (a real child program)."""
     parameters: dict[str, Any] = {"quality": {"values": values}, "epochs": {"value": epochs},
                                   "epoch_s": {"value": epoch_s}}
     parameters.update({key: {"value": value} for key, value in extra.items()})

@@ -1,7 +1,7 @@
 """Sweeps as jobs of a REAL single-node SLURM (scripts/test_slurm.sh: slurmctld, slurmd, slurmdbd,
 4 fake GPUs that SLURM schedules). Nothing is mocked: sbatch, sacct, scancel, submitit's requeue.
 
-Most runs are tests/launch/fake_train.py (a real program keeping the run-folder contract, seconds per
+Most runs are tests/fakes/fake_train.py (a real program keeping the run-folder contract, seconds per
 run); `test_real_trainer_is_requeued_and_resumes_at_its_epoch` runs the real `harness.train`.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import runfolder
 from harness.launch import jobs, profiles, slurm
 from harness.sweep.store import Store
 from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, launch, real_trainer_spec, starts, wait_until
@@ -152,7 +153,7 @@ def test_interrupted_job_is_requeued_and_its_run_resumes_at_its_epoch(tmp_path, 
         run = store.runs(sweep_id)[0]
     wait_until(lambda: (root / sweep_id / run.id / "paused.json").exists(), 90, "the run paused after epoch 2")
     assert epochs_logged(root, sweep_id, run.id) == [1, 2]
-    job = submitit.SlurmJob(folder=slurm.slurm_folder(root, sweep_id), job_id=run.job_id)
+    job = submitit.SlurmJob(folder=runfolder.slurm_dir(root, sweep_id), job_id=run.job_id)
     job._interrupt()  # what SLURM preemption looks like to submitit: SIGTERM, then USR2
     assert process.wait(timeout=180) == 0, log.read_text()
     first, second = starts(root, sweep_id, run.id)
@@ -236,7 +237,7 @@ def test_a_job_cancelled_by_someone_else_before_its_run_started_is_resubmitted_n
         with Store(root) as store:
             (run,) = store.runs(sweep_id)
         first_job = run.job_id
-        assert first_job and not (root / sweep_id / run.id / jobs.PLACEMENT_FILE).exists()  # the run has not started
+        assert first_job and not (root / sweep_id / run.id / runfolder.PLACEMENT_FILE).exists()  # the run has not started
         subprocess.run(["scancel", first_job], check=True, timeout=30)
         assert process.wait(timeout=150) == 0, log.read_text()
     finally:
@@ -334,7 +335,7 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
     wait_until(lambda: (root / sweep_id / run.id / "paused.json").exists(), 200, "the trainer paused in epoch 2")
     assert epochs_logged(root, sweep_id, run.id) == [1]
     interrupted_at = time.time()
-    submitit.SlurmJob(folder=slurm.slurm_folder(root, sweep_id), job_id=run.job_id)._interrupt()
+    submitit.SlurmJob(folder=runfolder.slurm_dir(root, sweep_id), job_id=run.job_id)._interrupt()
     assert process.wait(timeout=300) == 0, log.read_text()
     folder = root / sweep_id / run.id
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -6,7 +6,7 @@ it DOWN and requeues its jobs.
 
 The launcher and every SLURM command here reach this cluster through its own SLURM_CONF in their
 environment (`slurm_multinode.env`); the single-node cluster of test_slurm.py is left alone.
-Runs are tests/launch/fake_train.py (the run-folder contract, seconds per run), except in the network-partition
+Runs are tests/fakes/fake_train.py (the run-folder contract, seconds per run), except in the network-partition
 and W&B job-array tests, which run the real `python -m harness.train` (its lease; `wandb agent`).
 """
 

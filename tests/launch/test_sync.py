@@ -99,7 +99,7 @@ def finish(process: subprocess.Popen, log: Path, timeout_s: float = 300) -> int:
 
 
 def harness_sync(sweep_id: str, root: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", "sync", sweep_id, "--root", str(root)],
+    return subprocess.run([sys.executable, "-m", "harness", "sync", "--sweep", sweep_id, "--root", str(root)],
                           capture_output=True, text=True, timeout=300, cwd=cwd)
 
 

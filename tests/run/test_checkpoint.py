@@ -143,9 +143,9 @@ def test_a_torn_line_hides_no_later_epoch_and_truncation_rewrites_exactly(tmp_pa
     assert io.read_jsonl(path) == [{"epoch": 1}, {"epoch": 3}]
     assert "line 2 skipped" in capsys.readouterr().err  # without a list, reported on stderr
 
-    from harness.sweep import controller
+    from harness import runfolder
 
-    assert [row["epoch"] for row in controller.read_history(tmp_path, [])] == [1, 3]
+    assert [row["epoch"] for row in runfolder.read_history(tmp_path, [])] == [1, 3]
 
 
 def test_metrics_are_cut_back_to_the_checkpoint_with_each_epoch_once(tmp_path):

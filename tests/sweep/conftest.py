@@ -1,5 +1,5 @@
-"""Helpers for the sweep tests: sweeps whose runs are `fake_train.py` (a real, fast child program that
-follows the run-folder contract), and agents started as real processes."""
+"""Helpers for the sweep tests: sweeps whose runs are tests/fakes/fake_train.py (a real, fast child
+program that follows the run-folder contract), and agents started as real processes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from harness.sweep.store import Store
 
-FAKE_TRAIN = Path(__file__).resolve().parent / "fake_train.py"
+FAKE_TRAIN = Path(__file__).resolve().parents[1] / "fakes" / "fake_train.py"
 FAKE_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 # Fast agent timings for tests: heartbeats and checks well under a second.
 FAST = ["--heartbeat", "0.2", "--poll", "0.05"]

@@ -1,5 +1,5 @@
 """The agent end to end: real agent processes, a real SQLite store, the real `sweeps` engine and a real
-child program (tests/sweep/fake_train.py, which follows the training run's file contract)."""
+child program (tests/fakes/fake_train.py, which follows the training run's file contract)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import processes
+from harness import processes, runfolder
 from harness.sweep import agent as sweep_agent
-from harness.sweep import controller
 from harness.sweep.store import Store
 
 from .conftest import FAKE_TRAIN, agent_log, fake_spec, wait_for
@@ -62,7 +61,7 @@ def test_eight_agents_on_a_24_cell_grid_run_each_cell_exactly_once(root, make_sw
     assert len({run.agent for run in runs}) >= 2  # the work was shared
     assert _sweep(root, sweep_id).state == "finished"
     for run in runs:  # each run folder is complete, and the store holds its history and summary
-        folder = controller.run_dir(root, sweep_id, run.id)
+        folder = runfolder.run_dir(root, sweep_id, run.id)
         assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
         assert run.summary["status"] == "finished" and len(run.metric_values) == 1
 
@@ -112,13 +111,13 @@ def test_a_killed_agent_leaves_a_crashed_run_that_another_agent_resumes(root, ma
     os.kill(first.pid, signal.SIGKILL)
     first.join()
     assert _runs(root, sweep_id)[0].state == "running"  # nobody has noticed yet
-    folder = controller.run_dir(root, sweep_id, run.id)
+    folder = runfolder.run_dir(root, sweep_id, run.id)
     child = json.loads((folder / "starts.jsonl").read_text().splitlines()[0])["pid"]
     # The child gets SIGTERM from the kernel (parent-death signal) and stops at once; an orphan would
     # go on through all 6 epochs (2.4 s) unwatched.
     wait_for(lambda: not Path(f"/proc/{child}").exists() or
              Path(f"/proc/{child}/stat").read_text().split(") ", 1)[-1].startswith("Z"), 10, "the orphaned child to stop")
-    logged_before = len(controller.read_history(folder))
+    logged_before = len(runfolder.read_history(folder))
     assert 1 <= logged_before < 6
     # A heartbeat timeout of 10 minutes: the second agent, on the same host, sees at its first poll that the
     # run's agent process is gone, so it does not wait that out (the 120 s test timeout would fail).
@@ -132,7 +131,7 @@ def test_a_killed_agent_leaves_a_crashed_run_that_another_agent_resumes(root, ma
     assert f"marked crashed {run.id}" in agent_log(second)
     starts = [json.loads(line) for line in (folder / "starts.jsonl").read_text().splitlines()]
     assert len(starts) == 2 and starts[1]["resumed_from"] == logged_before  # from the epochs logged before the kill
-    assert [row["epoch"] for row in controller.read_history(folder)] == [1, 2, 3, 4, 5, 6]
+    assert [row["epoch"] for row in runfolder.read_history(folder)] == [1, 2, 3, 4, 5, 6]
     # the first child did not train on unwatched: it got SIGTERM when its agent died
     assert not processes.pid_alive(starts[0]["pid"])  # gone, or a zombie its new parent has not reaped yet
     assert (folder / "output.log").read_text().count("attempt") == 2
@@ -195,7 +194,7 @@ def test_in_process_agent_env_cwd_failures_and_args_json_file(root, make_sweep, 
     runs = {run.config["fail_at_epoch"]: run for run in _runs(root, sweep_id)}
     assert runs[0].state == "finished" and runs[0].gpu == "3"
     assert runs[1].state == "failed" and runs[1].exit_code == 3 and runs[1].summary["status"] == "failed"
-    folder = controller.run_dir(root, sweep_id, runs[0].id)
+    folder = runfolder.run_dir(root, sweep_id, runs[0].id)
     env = json.loads((folder / "fake_env.json").read_text())
     assert env == {"WANDB_RUN_ID": runs[0].id, "WANDB_RUN_GROUP": sweep_id, "HARNESS_SWEEP_ID": sweep_id,
                    "HARNESS_ROOT": str(Path(root).absolute()), "WANDB_MODE": "offline",
@@ -213,5 +212,5 @@ def test_a_gpu_given_to_the_agent_goes_to_its_runs(root, make_sweep, monkeypatch
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0")
     assert sweep_agent.run_agent(sweep_id, root=root, gpu="1", poll_s=0.05, echo=lambda line: None) == 0
     run = _runs(root, sweep_id)[0]
-    env = json.loads((controller.run_dir(root, sweep_id, run.id) / "fake_env.json").read_text())
+    env = json.loads((runfolder.run_dir(root, sweep_id, run.id) / "fake_env.json").read_text())
     assert run.gpu == env["CUDA_VISIBLE_DEVICES"] == "1"

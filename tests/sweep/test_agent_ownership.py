@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import io
+from harness import io, runfolder
 from harness.run import checkpoint, lease, train
-from harness.sweep import controller
 from harness.sweep.store import Store
 from tests.conftest import tiny_overrides
 
@@ -48,7 +47,7 @@ def _hold_lease(folder: Path) -> subprocess.Popen:
 def test_an_agent_waiting_for_the_previous_process_keeps_its_claim_and_then_kills_it(root, make_sweep, fork_agents):
     sweep_id = make_sweep(fake_spec(parameters={"learning_rate": {"value": 0.001}, "epochs": {"value": 2}}))
     run = _crashed_run(root, sweep_id)
-    holder = _hold_lease(controller.run_dir(root, sweep_id, run.id))
+    holder = _hold_lease(runfolder.run_dir(root, sweep_id, run.id))
     try:
         # Two agents race for the crashed run; stale after 1 s, the holder outlives that 4-fold.
         agents = fork_agents(sweep_id, count=2, stale_after_s=1.0, kill_grace_s=4.0)
@@ -61,7 +60,7 @@ def test_an_agent_waiting_for_the_previous_process_keeps_its_claim_and_then_kill
         assert "marked crashed" not in logs  # the waiting agent heartbeated its claim all along
         finished = _run(root, run.id)
         assert (finished.state, finished.attempts, finished.epochs_completed) == ("finished", 2, 2)
-        folder = controller.run_dir(root, sweep_id, run.id)
+        folder = runfolder.run_dir(root, sweep_id, run.id)
         assert (folder / "output.log").read_text().count("attempt") == 1  # one child, started once
     finally:
         if holder.poll() is None:
@@ -72,7 +71,7 @@ def test_an_agent_waiting_for_the_previous_process_keeps_its_claim_and_then_kill
 def test_a_folder_held_on_another_host_is_given_back_without_spending_an_attempt(root, make_sweep, fork_agents):
     sweep_id = make_sweep(fake_spec(parameters={"learning_rate": {"value": 0.001}, "epochs": {"value": 1}}))
     run = _crashed_run(root, sweep_id)
-    folder = controller.run_dir(root, sweep_id, run.id)
+    folder = runfolder.run_dir(root, sweep_id, run.id)
     folder.mkdir(parents=True)
     now = time.time()
     io.atomic_write_json(folder / lease.LEASE_FILE, {"token": "t", "host": "othernode", "pid": 99, "pid_start": "1",
@@ -104,7 +103,7 @@ def test_agent_killed_with_9_its_real_trainer_saves_and_the_next_agent_resumes_a
     [first] = fork_agents(sweep_id, stale_after_s=1.5)
     with Store(root) as store:
         run = wait_for(lambda: store.runs(sweep_id) and store.runs(sweep_id)[0], 60, "a claimed run")
-    folder = controller.run_dir(root, sweep_id, run.id)
+    folder = runfolder.run_dir(root, sweep_id, run.id)
     wait_for(lambda: (folder / train.PAUSED_FILE).exists(), 240, "the trainer paused after epoch 2's first batch")
     logged_before_kill = [row["epoch"] for row in io.read_jsonl(folder / "metrics.jsonl")]
     assert logged_before_kill == [1]

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from harness.errors import SweepError
-from harness.sweep import controller, engine
+from harness import runfolder
+from harness.sweep import engine, outcome
+from harness.sweep.states import ACTIVE_STATES
 from harness.sweep.store import Store
 
 GRID = {
@@ -246,13 +248,13 @@ def test_pending_claims_job_ids_and_reattaching(store: Store):
     queued = _claim(store, sweep_id, state="pending")
     assert queued.state == "pending"
     store.set_job_id(queued.id, "4242")
-    assert [run.id for run in store.runs_with_jobs(sweep_id)] == [queued.id]
+    assert [run.id for run in store.runs(sweep_id, states=ACTIVE_STATES) if run.job_id] == [queued.id]
     store.mark_started(queued.id, pid=99, host="node7", gpu="2")
     started = store.get_run(queued.id)
     assert (started.state, started.pid, started.host, started.gpu, started.job_id) == \
         ("running", 99, "node7", "2", "4242")
     store.finish_run(queued.id, "finished", exit_code=0)
-    assert store.runs_with_jobs(sweep_id) == []
+    assert [run for run in store.runs(sweep_id, states=ACTIVE_STATES) if run.job_id] == []
 
 
 def _race(root: str, sweep_id: str, agent: str, start: float, queue) -> None:
@@ -308,7 +310,7 @@ def test_many_processes_claiming_at_once_never_get_the_same_run(tmp_path: Path):
 )
 def test_final_state(exit_code, status, stop, preempt, expected):
     summary = {"status": status} if status else None
-    assert controller.final_state(exit_code, summary, stop_requested=stop, preempt_requested=preempt) == expected
+    assert outcome.final_state(exit_code, summary, stop_requested=stop, preempt_requested=preempt) == expected
 
 
 def test_engine_states(store: Store):
@@ -375,5 +377,5 @@ def test_hyperband_picks_the_lagging_running_run(store: Store):
 def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path: Path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "v": 1}\n{"epoch": 2, "v": 2}\n{"epoch": 2, "v": 3}\n'
                                             '{"epoch": 3, "v": 4')  # a torn last line
-    assert controller.read_history(tmp_path) == [{"epoch": 1, "v": 1}, {"epoch": 2, "v": 3}]
-    assert controller.read_summary(tmp_path) is None
+    assert runfolder.read_history(tmp_path) == [{"epoch": 1, "v": 1}, {"epoch": 2, "v": 3}]
+    assert runfolder.read_summary(tmp_path) is None

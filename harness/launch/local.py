@@ -1,4 +1,4 @@
-"""One machine, many GPUs: one sweep agent per GPU slot, kept alive, stopped together.
+"""The local launcher: one machine, many GPUs, one sweep agent per GPU slot, kept alive, stopped together.
 
 `plan_agents` is pure: it says exactly which command each slot runs, with which environment and log
 file (tests check it without starting anything, and the W&B path cannot run here without a server).
@@ -21,6 +21,7 @@ log (`wandb_agent_failure`) and counts such an agent as failed, with W&B's reaso
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -30,12 +31,10 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from harness import processes
-from harness.errors import HarnessError
+from harness import processes, runfolder
+from harness.errors import LaunchError
+from harness.sweep.ids import is_wandb_sweep
 
-# `entity/project/sweep_id` or `project/sweep_id` (the account's default entity, as `wandb agent` takes
-# it): a W&B sweep, driven by `wandb agent`; anything else is a local sweep id.
-_WANDB_SWEEP = re.compile(r"^([A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+/[A-Za-z0-9]+$")
 # What `wandb agent` says when it gives up (it exits 0 all the same), and when it cannot run at all.
 _WANDB_GAVE_UP = re.compile(
     r"(Detected \d+ (?:consecutive )?failed runs[^\n]*shutting down\.?"
@@ -53,10 +52,6 @@ _AGENT_PREFIX = re.compile(r"^\[agent [^\]]*\]\s*")
 NO_RESTART_CODES = (0, 2)
 
 
-class LaunchError(HarnessError):
-    """The launch request cannot be carried out (GPUs, sweep id, options)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class AgentSlot:
     """One agent process: which GPU it owns, what it runs, where its output goes."""
@@ -67,15 +62,6 @@ class AgentSlot:
     env: Mapping[str, str]  # set on top of the launcher's environment
     log: Path
     wandb: bool = False  # a `wandb agent` (see the module docstring for what that changes)
-
-
-def is_wandb_sweep(sweep_id: str) -> bool:
-    return bool(_WANDB_SWEEP.match(sweep_id))
-
-
-def sweep_folder_name(sweep_id: str) -> str:
-    """The folder under the runs root that holds a sweep's runs (a W&B path's last part)."""
-    return sweep_id.rsplit("/", 1)[-1]
 
 
 def parse_gpus(text: str, environ: Mapping[str, str] | None = None) -> list[str] | None:
@@ -158,7 +144,7 @@ def plan_agents(
     else:
         argv = [python, "-m", "harness", "agent", sweep_id, *count_args, "--root", str(root)]
     wandb = is_wandb_sweep(sweep_id)
-    log_dir = root / sweep_folder_name(sweep_id) / "agents"
+    log_dir = runfolder.agents_dir(root, sweep_id)
     slots = []
     for gpu, index in placements:
         name = f"agent-{gpu if gpu is not None else 'cpu'}-{index}"
@@ -166,22 +152,10 @@ def plan_agents(
         env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else "", "HARNESS_ROOT": str(root),
                "PYTHONUNBUFFERED": "1"}
         if wandb:
-            env["PATH"] = path_with_python_first(python)
+            env["PATH"] = processes.path_with_python_first(python)
         slots.append(AgentSlot(name=name, gpu=gpu, argv=tuple(argv), env=env, log=log_dir / f"{name}.log",
                                wandb=wandb))
     return slots
-
-
-def path_with_python_first(python: str, path: str | None = None) -> str:
-    """$PATH with the folder of `python` first, so a bare `python` (W&B's `${interpreter}`) is it.
-
-    The folder is the one `python` was named by, not the link's target: a venv's bin/python links to
-    the base interpreter, and only the venv's name of it finds the venv's packages.
-    """
-    folder = os.path.dirname(os.path.abspath(python))
-    path = os.environ.get("PATH", "") if path is None else path
-    rest = [part for part in path.split(os.pathsep) if part and part != folder]
-    return os.pathsep.join([folder, *rest])
 
 
 def wandb_agent_failure(log_text: str) -> str | None:
@@ -223,61 +197,61 @@ class Supervisor:
         self.backoff_s = backoff_s
         self.echo = echo
         self.poll_s = poll_s
-        self.stop_signal: int | None = None  # the first signal asked to stop
-        self._signals = 0
+        self.signals = processes.SignalFlag((signal.SIGINT, signal.SIGTERM), on_signal=self._forward)
         self.failed: list[str] = []  # slots given up on
 
+    @property
+    def stop_signal(self) -> int | None:
+        """The first signal that asked the launcher to stop (None: none yet)."""
+        return self.signals.first
+
     # -- signals -------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._signals += 1
-        self.stop_signal = self.stop_signal or signum
+    def _forward(self, signum: int) -> None:
+        """In the signal handler: pass a stop on to every running agent (the third one kills them)."""
         name = signal.Signals(signum).name
         running = [agent for agent in self.agents if _alive(agent)]
-        if self._signals >= 3:
-            self.echo(f"[launch] {name} x{self._signals}: killing {len(running)} agent(s) now (runs lose unsaved work)")
+        if self.signals.count >= 3:
+            self.echo(f"[launch] {name} x{self.signals.count}: killing {len(running)} agent(s) now "
+                      f"(runs lose unsaved work)")
             for agent in running:
-                _kill_group(agent.process, signal.SIGKILL)
+                # The agent and its run: the agent leads its own session.
+                processes.send_signal(agent.process, signal.SIGKILL, group=True)
             return
-        note = " again" if self._signals > 1 else ""
+        note = " again" if self.signals.count > 1 else ""
         self.echo(f"[launch] {name}{note}: asking {len(running)} agent(s) to save their runs and stop "
                   f"(a third signal kills them)")
         for agent in running:
-            try:
-                if agent.slot.wandb:
-                    # SIGUSR1 (forwarded: the run saves, preempted; a second one: it exits at once), then
-                    # SIGTERM (the agent waits for its run and exits). A W&B run takes SIGTERM as a stop.
-                    agent.process.send_signal(signal.SIGUSR1)
-                    agent.process.send_signal(signal.SIGTERM)
-                else:
-                    agent.process.send_signal(signum)  # the agent forwards it to its run
-            except ProcessLookupError:
-                pass
+            if agent.slot.wandb:
+                # SIGUSR1 (forwarded: the run saves, preempted; a second one: it exits at once), then
+                # SIGTERM (the agent waits for its run and exits). A W&B run takes SIGTERM as a stop.
+                processes.send_signal(agent.process, signal.SIGUSR1)
+                processes.send_signal(agent.process, signal.SIGTERM)
+            else:
+                processes.send_signal(agent.process, signum)  # the agent forwards it to its run
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
         """Start every slot (staggered), supervise, and return the launcher's exit code."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.signals.install()
         try:
             for position, agent in enumerate(self.agents):
+                if position and not self.stop_signal:
+                    self._sleep(self.stagger_s)  # agents started together could race for one config
                 if self.stop_signal:
                     agent.done = True
-                    continue
-                if position:
-                    self._sleep(self.stagger_s)  # agents started together could race for one config
-                if not self.stop_signal:
-                    self._start(agent)
                 else:
-                    agent.done = True
-            while not all(agent.done for agent in self.agents):
-                self._step()
-                time.sleep(self.poll_s)
+                    self._start(agent)
+            processes.wait_until(self._step_until_all_done, math.inf, tick_s=self.poll_s)
             self._echo_logs()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.signals.restore()
         if self.stop_signal:
             return 128 + self.stop_signal
         return 1 if self.failed else 0
+
+    def _step_until_all_done(self) -> bool:
+        self._step()
+        return all(agent.done for agent in self.agents)
 
     def _sleep(self, seconds: float) -> None:
         processes.sleep_unless(seconds, lambda: self.stop_signal, tick_s=self.poll_s, each=self._step)
@@ -286,8 +260,7 @@ class Supervisor:
         slot = agent.slot
         slot.log.parent.mkdir(parents=True, exist_ok=True)
         agent.start_offset = slot.log.stat().st_size if slot.log.exists() else 0
-        env = processes.child_environment()
-        env.update(slot.env)
+        env = processes.child_environment(slot.env)
         with open(slot.log, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start {' '.join(slot.argv)} "
                       f"(CUDA_VISIBLE_DEVICES={slot.env.get('CUDA_VISIBLE_DEVICES')!r})\n".encode())
@@ -380,12 +353,3 @@ class Supervisor:
 
 def _alive(agent: _Agent) -> bool:
     return agent.process is not None and agent.process.poll() is None
-
-
-def _kill_group(process: subprocess.Popen | None, sig: int) -> None:
-    if process is None:
-        return
-    try:
-        os.killpg(process.pid, sig)  # the agent and its run (the agent leads its own session)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,7 +1,7 @@
-"""The GPU launcher: one agent per GPU slot, restarts, Ctrl-C -> every run preempted with a checkpoint,
+"""The local launcher (harness.launch.local): one agent per GPU slot, restarts, Ctrl-C -> every run preempted with a checkpoint,
 `--resume` finishes them; and the exact `wandb agent` commands for a W&B sweep.
 
-The agents, the store (SQLite) and the runs are real processes here: runs are tests/launch/fake_train.py,
+The agents, the store (SQLite) and the runs are real processes here: runs are tests/fakes/fake_train.py,
 a real program that keeps the run-folder contract (fast, no TensorFlow). "GPU ids" are only the
 CUDA_VISIBLE_DEVICES each agent gets (this machine has no GPU).
 """
@@ -16,57 +16,60 @@ from pathlib import Path
 
 import pytest
 
-from harness.launch import gpus
-from harness.launch.gpus import AgentSlot, LaunchError, Supervisor
+from harness import processes
+from harness.errors import LaunchError
+from harness.launch import local
+from harness.launch.local import AgentSlot, Supervisor
+from harness.sweep.ids import is_wandb_sweep
 from harness.sweep.store import Store
 from tests.launch.conftest import create_sweep, epochs_logged, fake_sweep_spec, launch, starts, wait_until
 
 
 # --- pure parts -----------------------------------------------------------------------------------
 def test_parse_gpus_lists_and_rejects():
-    assert gpus.parse_gpus("0,1,3") == ["0", "1", "3"]
-    assert gpus.parse_gpus(" 2 ") == ["2"]
-    assert gpus.parse_gpus("none") is None
+    assert local.parse_gpus("0,1,3") == ["0", "1", "3"]
+    assert local.parse_gpus(" 2 ") == ["2"]
+    assert local.parse_gpus("none") is None
     with pytest.raises(LaunchError, match="GPU ids like"):
-        gpus.parse_gpus("0,x")
+        local.parse_gpus("0,x")
     with pytest.raises(LaunchError, match="repeat"):
-        gpus.parse_gpus("0,0")
+        local.parse_gpus("0,0")
 
 
 def test_gpus_all_reads_nvidia_smi_output_and_respects_cuda_visible_devices():
     listing = ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1c2d)\n"
                "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-3e4f)\n  MIG 1g.10gb Device 0: (UUID: MIG-aa)\n")
-    assert gpus.parse_nvidia_smi(listing) == ["0", "1"]
-    assert gpus.parse_gpus("all", environ={"CUDA_VISIBLE_DEVICES": "2,5"}) == ["2", "5"]
+    assert local.parse_nvidia_smi(listing) == ["0", "1"]
+    assert local.parse_gpus("all", environ={"CUDA_VISIBLE_DEVICES": "2,5"}) == ["2", "5"]
 
 
 def test_gpus_all_without_nvidia_smi_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no nvidia-smi to find
     with pytest.raises(LaunchError, match="nvidia-smi not found.*--gpus none --agents"):
-        gpus.detect_gpus(environ={})
+        local.detect_gpus(environ={})
 
 
 def test_plan_local_agents_one_gpu_each(tmp_path):
-    slots = gpus.plan_agents("local-abcd1234", ["0", "1"], tmp_path, agents_per_gpu=2, count=3, python="/py")
+    slots = local.plan_agents("local-abcd1234", ["0", "1"], tmp_path, agents_per_gpu=2, count=3, python="/py")
     assert [slot.name for slot in slots] == ["agent-0-0", "agent-0-1", "agent-1-0", "agent-1-1"]
     assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["0", "0", "1", "1"]
     assert slots[0].argv == ("/py", "-m", "harness", "agent", "local-abcd1234", "--count", "3", "--root", str(tmp_path))
     assert slots[3].log == tmp_path / "local-abcd1234" / "agents" / "agent-1-1.log"
-    cpu = gpus.plan_agents("local-abcd1234", None, tmp_path, agents=2, python="/py")
+    cpu = local.plan_agents("local-abcd1234", None, tmp_path, agents=2, python="/py")
     assert [(slot.name, slot.env["CUDA_VISIBLE_DEVICES"]) for slot in cpu] == [("agent-cpu-0", ""), ("agent-cpu-1", "")]
     with pytest.raises(LaunchError, match="--agents K"):
-        gpus.plan_agents("local-abcd1234", None, tmp_path)
+        local.plan_agents("local-abcd1234", None, tmp_path)
 
 
 def test_wandb_sweep_builds_exactly_these_agent_commands(tmp_path):
     """A W&B server cannot exist here (no network): the only part not run is `wandb agent` itself,
     so this checks the exact commands and environments the launcher would start."""
-    slots = gpus.plan_agents("my-team/cloudsweep/x1y2z3", ["0", "3"], tmp_path, count=5, python="/env/bin/python")
+    slots = local.plan_agents("my-team/cloudsweep/x1y2z3", ["0", "3"], tmp_path, count=5, python="/env/bin/python")
     assert [slot.argv for slot in slots] == [
         ("/env/bin/python", "-m", "wandb", "agent", "--forward-signals", "--count", "5", "my-team/cloudsweep/x1y2z3"),
     ] * 2
     # W&B starts runs with a bare `python`: the launcher's interpreter's folder comes first on PATH.
-    path = gpus.path_with_python_first("/env/bin/python")
+    path = processes.path_with_python_first("/env/bin/python")
     assert path.split(os.pathsep)[0] == "/env/bin"
     assert [dict(slot.env) for slot in slots] == [
         {"CUDA_VISIBLE_DEVICES": "0", "HARNESS_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "PATH": path},
@@ -74,14 +77,14 @@ def test_wandb_sweep_builds_exactly_these_agent_commands(tmp_path):
     ]
     assert all(slot.wandb for slot in slots)
     assert slots[1].log == tmp_path / "x1y2z3" / "agents" / "agent-3-0.log"
-    no_count = gpus.plan_agents("my-team/cloudsweep/x1y2z3", ["0"], tmp_path, python="p")
+    no_count = local.plan_agents("my-team/cloudsweep/x1y2z3", ["0"], tmp_path, python="p")
     assert no_count[0].argv == ("p", "-m", "wandb", "agent", "--forward-signals", "my-team/cloudsweep/x1y2z3")
 
 
 def test_a_wandb_sweep_path_may_leave_out_the_entity():
-    assert gpus.is_wandb_sweep("cloudsweep/x1y2z3") and gpus.is_wandb_sweep("my-team/cloudsweep/x1y2z3")
-    assert not gpus.is_wandb_sweep("local-abcd1234")
-    slots = gpus.plan_agents("cloudsweep/x1y2z3", ["0"], Path("/r"), python="p")
+    assert is_wandb_sweep("cloudsweep/x1y2z3") and is_wandb_sweep("my-team/cloudsweep/x1y2z3")
+    assert not is_wandb_sweep("local-abcd1234")
+    slots = local.plan_agents("cloudsweep/x1y2z3", ["0"], Path("/r"), python="p")
     assert slots[0].wandb and slots[0].argv[-1] == "cloudsweep/x1y2z3" and slots[0].log.parent == Path("/r/x1y2z3/agents")
 
 
@@ -89,18 +92,18 @@ def test_a_wandb_agent_that_gave_up_is_recognised_from_its_output():
     """`wandb agent` exits 0 when it gives up; these are its words (wandb 0.31.0, wandb_agent.py)."""
     flapping = ("2026-12-02 03:04:57,651 - wandb.wandb_agent - ERROR - Detected 3 failed runs in the first 60 seconds, "
                 "shutting down.\n2026-12-02 - INFO - To disable this check set WANDB_AGENT_DISABLE_FLAPPING=true\n")
-    assert gpus.wandb_agent_failure(flapping) == "Detected 3 failed runs in the first 60 seconds, shutting down."
-    assert gpus.wandb_agent_failure("wandb: ERROR Detected 5 consecutive failed runs, shutting down.") == \
+    assert local.wandb_agent_failure(flapping) == "Detected 3 failed runs in the first 60 seconds, shutting down."
+    assert local.wandb_agent_failure("wandb: ERROR Detected 5 consecutive failed runs, shutting down.") == \
         "Detected 5 consecutive failed runs, shutting down."
-    assert gpus.wandb_agent_failure("Error: Sweep fake-team/cloudsweep/abc not found") == "Sweep fake-team/cloudsweep/abc not found"
-    assert gpus.wandb_agent_failure("INFO - Cleaning up finished run: x0pbxhym\n") is None
+    assert local.wandb_agent_failure("Error: Sweep fake-team/cloudsweep/abc not found") == "Sweep fake-team/cloudsweep/abc not found"
+    assert local.wandb_agent_failure("INFO - Cleaning up finished run: x0pbxhym\n") is None
 
 
 def test_path_with_python_first_names_the_venv_folder_not_the_link_target(tmp_path):
     venv_python = tmp_path / "venv" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     venv_python.symlink_to(sys.executable)
-    path = gpus.path_with_python_first(str(venv_python), f"/usr/bin{os.pathsep}{venv_python.parent}")
+    path = processes.path_with_python_first(str(venv_python), f"/usr/bin{os.pathsep}{venv_python.parent}")
     assert path.split(os.pathsep) == [str(venv_python.parent), "/usr/bin"]
 
 

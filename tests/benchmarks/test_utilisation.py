@@ -1,4 +1,4 @@
-"""Slot utilisation arithmetic (harness.launch.utilisation) on hand-made run records."""
+"""Slot utilisation arithmetic (benchmarks.utilisation) on hand-made run records."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from harness.launch.utilisation import slot_utilisation
+from benchmarks.utilisation import slot_utilisation
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""A trained run as evaluation sees it: its config, its validation split, its model's predictions.
+"""Inference on a trained run: its config, its validation split, its model's probability maps.
 
 The validation split is the training run's own (same cache, same `split_indices(presence,
 val_fraction, seed)`), so post-processing is tuned and scored on images the model never trained on.
@@ -27,12 +27,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from harness import config as config_module
-from harness import io
+from harness import io, runfolder
 from harness.errors import HarnessError
 
-CONFIG_FILE = "config.json"
-BEST_FILE = "best.keras"
-CACHE_FOLDER = "cache"
 TTA_MODES = ("none", "flips")
 PREDICT_BATCH = 8
 
@@ -60,9 +57,10 @@ def load_run(run_dir: str | os.PathLike[str], data_dir: str | None = None, cache
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise HarnessError(f"run folder not found: {run_dir}")
-    saved = io.read_json(run_dir / CONFIG_FILE)
+    saved = runfolder.read_config(run_dir)
+    config_path = run_dir / runfolder.CONFIG_FILE
     if saved is None:
-        raise HarnessError(f"{run_dir / CONFIG_FILE} is missing: not a run folder (written when training starts)")
+        raise HarnessError(f"{config_path} is missing: not a run folder (written when training starts)")
     values = {key: value for key, value in saved.items() if key in config_module.config_keys()}
     if data_dir:
         values["data_dir"] = str(data_dir)
@@ -70,7 +68,7 @@ def load_run(run_dir: str | os.PathLike[str], data_dir: str | None = None, cache
         values["cache_dir"] = str(cache_dir or "")
     elif cache_dir:
         values["cache_dir"] = str(cache_dir)
-    config = config_module.from_dict(values, source=str(run_dir / CONFIG_FILE))
+    config = config_module.from_dict(values, source=str(config_path))
     return RunInfo(run_dir, str(saved.get("run_id") or run_dir.name), saved.get("sweep_id"), config)
 
 
@@ -234,10 +232,10 @@ def decode_logits(logits: np.ndarray) -> np.ndarray:
 
 def cache_path(run_dir: Path, count: int, tta: str, kind: str = "logits") -> Path:
     """RUN_DIR/cache/val-<kind>-<best.keras mtime>-<count>-<tta>.npy (kind: logits or presence)."""
-    best = run_dir / BEST_FILE
+    best = run_dir / runfolder.BEST_FILE
     if not best.exists():
-        raise HarnessError(f"no best model in {run_dir}: {BEST_FILE} is missing (has the run finished an epoch?)")
-    return run_dir / CACHE_FOLDER / f"val-{kind}-{best.stat().st_mtime_ns}-{count}-{tta}.npy"
+        raise HarnessError(f"no best model in {run_dir}: {runfolder.BEST_FILE} is missing (has the run finished an epoch?)")
+    return run_dir / runfolder.CACHE_DIR / f"val-{kind}-{best.stat().st_mtime_ns}-{count}-{tta}.npy"
 
 
 def validation_maps(
