@@ -2,7 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# CUDA=1: TensorFlow for NVIDIA GPUs (extra `cuda`) instead of tensorflow-cpu (extra `cpu`, the default and
+# what CI runs); see docs/gpu.md. The two are one import package, so switching removes the other first.
+CUDA   ?=
+TF_EXTRA := $(if $(filter 1 yes true,$(CUDA)),cuda,cpu)
+TF_OTHER := $(if $(filter cuda,$(TF_EXTRA)),tensorflow-cpu,tensorflow)
+STAMP  := $(VENV)/.installed-$(TF_EXTRA)
 DATA   ?=
 # Where the demo writes everything (data, cache, runs); `make demo DEMO_DIR=/tmp/x` to move it.
 DEMO_DIR ?= demo
@@ -13,11 +18,15 @@ help:
 	@echo "make demo   # generate data, run a local sweep with two CPU agents, evaluate the best run"
 	@echo "make test   # the whole test suite (includes a real single-node SLURM when root on Debian)"
 	@echo "make bench  # the benchmark table (benchmarks/results/latest.json)"
+	@echo "make venv CUDA=1  # .venv with TensorFlow for NVIDIA GPUs (docs/gpu.md); any target takes CUDA=1"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,library]"
+	if $(BIN)/python -m pip show --quiet $(TF_OTHER) >/dev/null 2>&1; then \
+	    $(BIN)/python -m pip uninstall --quiet --yes $(TF_OTHER); fi
+	$(BIN)/python -m pip install --quiet -e ".[test,library,$(TF_EXTRA)]"
+	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)

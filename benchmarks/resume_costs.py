@@ -34,7 +34,7 @@ held.release()
 # Skip vs retrain, per batch, with the real model and dataset (tiny config).
 from harness import config as config_module
 from harness.data import cache, dataset, synth
-from harness.run import losses, train
+from harness.run import callbacks, losses, optim
 import keras
 
 data = synth.synthesize(root / "data", images=48, size=(96, 144), seed=0)
@@ -44,7 +44,7 @@ config = config_module.build_config(overrides={"data_dir": str(data), "cache_dir
 sets = dataset.make_datasets(config)
 from harness.model import build_model
 model = build_model(config)
-model.compile(optimizer=train.make_optimizer(config), loss=losses.get_loss(config.loss), metrics=losses.metric_objects(config.threshold))
+model.compile(optimizer=optim.make_optimizer(config), loss=losses.get_loss(config.loss), metrics=losses.metric_objects(config.threshold))
 batches = len(sets.train)
 k = batches - 3
 times = {}
@@ -54,7 +54,7 @@ class Timer(keras.callbacks.Callback):
 model.fit(sets.train, epochs=1, verbose=0, callbacks=[Timer()], shuffle=False)  # warm up (tracing)
 trained = [times[b] for b in range(1, batches)]
 sets.train.set_epoch(1)
-train.skip_first_batches(model, sets.train, 1, k)
+callbacks.skip_first_batches(model, sets.train, 1, k)
 times.clear()
 model.fit(sets.train, epochs=2, initial_epoch=1, verbose=0, callbacks=[Timer()], shuffle=False)
 skipped = [times[b] for b in range(k)]

@@ -5,6 +5,9 @@ Cases (batch 8, UNet with 8 base filters and depth 4, Adam, bce_dice, the run's 
   time, with the median and the CPU time in the note). The reference
   is the same step compiled with XLA (`jit_compile=True`), measured in the same run at 128x192 only
   (at 384x576 XLA on CPU takes minutes); ratio = XLA time / default time (>1: leaving XLA off wins).
+- the same 128x192 step under each mixed-precision policy (`precision: mixed_float16` / `mixed_bfloat16`);
+  reference = the float32 step measured in the same run, ratio = float32 time / mixed time (>1: mixed wins).
+  On a CPU without 16-bit matrix units mixed precision only adds casts; on a GPU `benchmarks/gpu_check.py`.
 - the same 128x192 step with the presence head (`presence_head: true`: the head on the bottleneck, the
   presence loss and metrics); reference = the step without it, ratio = with / without (the head's cost).
 - the step of the two models of the real-imagery results (docs/evaluation.md) at their settings: the
@@ -35,20 +38,26 @@ FILTERS = 8
 DEPTH = 4
 
 
-def _compiled_model(size: tuple[int, int], jit_compile: bool = False, presence_head: bool = False, model: str = "unet"):
+def _compiled_model(size: tuple[int, int], jit_compile: bool | str = False, presence_head: bool = False, model: str = "unet",
+                    precision: str = "float32"):
     """The model a run config builds (`harness.model.build_model`: for the UNet, FILTERS and DEPTH), compiled
-    with Adam and the run's loss and metrics."""
+    with Adam and the run's loss and metrics, under `precision` (a Keras dtype policy) and `jit_compile`
+    (True/False, or "auto": Keras' own choice, what a run gets by default)."""
     import keras
 
     from harness import config as config_module
     from harness.model import build_model
-    from harness.run import losses
+    from harness.run import device, losses
 
     keras.utils.set_random_seed(0)
+    jit_word = jit_compile if isinstance(jit_compile, str) else str(jit_compile).lower()
     config = config_module.Config(model=model, image_size=f"{size[0]}x{size[1]}", filters=FILTERS, depth=DEPTH,
-                                  loss="bce_dice", presence_head=presence_head)
-    compiled = build_model(config)
-    compiled.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile, **losses.compile_arguments(config))
+                                  loss="bce_dice", presence_head=presence_head, precision=precision,
+                                  jit_compile=jit_word).validate()
+    with device.precision_policy(precision):
+        compiled = build_model(config)
+        compiled.compile(optimizer=keras.optimizers.Adam(1e-3), **device.compile_options(config),
+                         **losses.compile_arguments(config))
     return compiled
 
 
@@ -61,23 +70,50 @@ def _batch(size: tuple[int, int], batch: int = BATCH) -> tuple[np.ndarray, np.nd
     return images, masks
 
 
-def step_seconds(model, size: tuple[int, int], steps: int, batch: int = BATCH) -> dict[str, float]:
-    """Seconds of one train step after a first (traced) one: best-of and median wall time, CPU time.
+def step_seconds(model, size: tuple[int, int], steps: int, batch: int = BATCH, warmup: int = 1,
+                 on_device: bool = False) -> dict[str, float]:
+    """Seconds of one train step after `warmup` first ones (the first traces and compiles the step):
+    best-of and median wall time, CPU time, the total of the timed steps, and the first step's time.
 
     The best-of wall time is the number to compare: on a shared machine other processes only ever
-    make a step slower. CPU time (all threads) shows the work itself.
+    make a step slower. CPU time (all threads) shows the work itself. `on_device`: the batch is made a
+    backend tensor once (on the GPU where there is one), so the steps time the training, not the copy
+    of the batch from the host.
     """
     images, masks = _batch(size, batch)
+    if on_device:
+        import keras
+
+        images, masks = keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(masks)
     if len(model.outputs) > 1:
         masks = {name: masks for name in model.output_names}  # the presence head derives its target from the mask
+    first = time.perf_counter()
     model.train_on_batch(images, masks)  # traces the step function
+    first = time.perf_counter() - first
+    for _ in range(warmup - 1):
+        model.train_on_batch(images, masks)
     walls, cpus = [], []
     for _ in range(steps):
         wall, cpu = time.perf_counter(), time.process_time()
         model.train_on_batch(images, masks)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-    return {"best": min(walls), "median": statistics.median(walls), "cpu": statistics.median(cpus)}
+    return {"best": min(walls), "median": statistics.median(walls), "cpu": statistics.median(cpus), "total": sum(walls),
+            "first": first}
+
+
+def precision_rows(size: tuple[int, int] = (128, 192), steps: int = 5, float32_step: dict[str, float] | None = None) -> list[dict]:
+    """The step under each mixed-precision policy beside the float32 one (measured here unless given)."""
+    from harness.config import PRECISIONS
+
+    reference = float32_step or step_seconds(_compiled_model(size), size, steps)
+    rows = []
+    for precision in PRECISIONS[1:]:
+        timing = step_seconds(_compiled_model(size, precision=precision), size, steps)
+        rows.append(_row(f"train step {size[0]}x{size[1]} b{BATCH} f{FILTERS} {precision}", timing["best"], reference["best"],
+                         reference["best"] / timing["best"],
+                         f"reference: the float32 step (jit_compile off); {_spread(timing)}"))
+    return rows
 
 
 def save_seconds(model, repeats: int) -> tuple[float, float]:
@@ -109,6 +145,7 @@ def run(quick: bool = False) -> list[dict]:
     xla_step = step_seconds(_compiled_model(small, jit_compile=True), small, 2)
     rows.append(_row("train step 128x192 b8 f8", small_step["best"], xla_step["best"], xla_step["best"] / small_step["best"],
                      f"reference: the same step with jit_compile=True (XLA); {_spread(small_step)}; {load}"))
+    rows.extend(precision_rows(small, steps, small_step))
 
     headed = _compiled_model(small, presence_head=True)
     headed_step = step_seconds(headed, small, steps)

@@ -29,6 +29,10 @@ MODELS = ("unet", "sm_unet_resnet34")
 # Named augmentation pipelines (built in harness.data.augment; a test keeps the two in step).
 AUGMENTATIONS = ("none", "flips", "default", "strong")
 MONITOR_MODES = ("max", "min")
+# Keras dtype policies a run may train under (harness.run.device.apply_precision); outputs stay float32.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# model.compile's jit_compile: auto (Keras' own choice: XLA on a GPU, not on a CPU), or forced on/off.
+JIT_COMPILE_MODES = ("auto", "true", "false")
 
 # Per-epoch metrics a training run logs (to metrics.jsonl, TensorBoard and W&B); sweep lints read this.
 TRAIN_METRICS = ("loss", "dice_coef", "kaggle_dice")
@@ -40,7 +44,8 @@ PRESENCE_METRICS = PRESENCE_TRAIN_METRICS + tuple(f"val_{name}" for name in PRES
 # Every metric name a run can log (valid `monitor` values; presence ones need presence_head).
 METRIC_NAMES = LOGGED_METRICS + PRESENCE_METRICS
 
-# Arguments of `python -m harness.train` that say where/which run this is, not how to train it.
+# Arguments of `python -m harness.train` that say where/which run this is, not how to train it
+# (spelled --run-id / --sweep-id on the command line; --run_id / --sweep_id are accepted too).
 CONTROL_KEYS = ("config", "run_id", "root", "sweep_id", "restart")
 
 
@@ -82,6 +87,11 @@ class Config:
     threshold: float = 0.5  # probability threshold of the challenge metric (kaggle_dice)
     seed: int = 42  # split, shuffling, augmentation and weight init
     deterministic: bool = False  # TensorFlow deterministic ops: same seed, same weights, bit for bit (slower)
+    # --- device and speed -----------------------------------------------------------------------
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 (compute in 16 bits; outputs, losses, metrics stay float32)
+    jit_compile: str = "auto"  # auto (Keras decides: XLA on a GPU, off on a CPU) | true | false (XLA forced on/off)
+    steps_per_execution: int = 1  # train batches per compiled call (fewer Python round trips; callbacks see every Nth batch)
+    allow_cpu: bool = False  # train on the CPU when CUDA_VISIBLE_DEVICES names a GPU the framework cannot see (else exit 2)
     # --- tracking -------------------------------------------------------------------------------
     wandb_project: str = "cloudsweep"  # W&B project (mode follows WANDB_MODE: online/offline/disabled)
     wandb_entity: str = ""  # W&B entity; empty: the account's default
@@ -106,6 +116,8 @@ class Config:
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         _check_choice("monitor", self.monitor, METRIC_NAMES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("jit_compile", self.jit_compile, JIT_COMPILE_MODES)
         if self.monitor in PRESENCE_METRICS and not self.presence_head:
             raise ConfigError(f"config key 'monitor' = {self.monitor!r} is logged only with presence_head: true")
         if self.lr_patience > 0 and self.lr_schedule != "constant":
@@ -136,6 +148,7 @@ class Config:
         _check_range("validation_steps", self.validation_steps, low=0)
         _check_range("early_stopping_patience", self.early_stopping_patience, low=0)
         _check_range("lr_patience", self.lr_patience, low=0)
+        _check_range("steps_per_execution", self.steps_per_execution, low=1)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -221,6 +234,8 @@ def coerce_value(key: str, value: Any) -> Any:
             if key == "image_size" and isinstance(value, (list, tuple)):
                 height, width = parse_size(value, key=key)
                 return f"{height}x{width}"
+            if key == "jit_compile":
+                return _jit_compile_word(value)
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
@@ -296,7 +311,10 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def parse_cli_args(argv: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
     """Split `--key=value` / `--key value` / `key=value` arguments into (config values, control values).
 
-    Control keys (config, run_id, root, sweep_id) say which run this is; everything else is config.
+    Control keys (config, run_id, root, sweep_id, restart) say which run this is; everything else is
+    config. A key may be spelled in kebab-case (`--run-id`, `--image-size`, as the help and the docs
+    write it) or in snake_case (`--run_id`, `--image_size`, as W&B's ${args} writes it): both give the
+    snake_case key.
     """
     overrides: dict[str, str] = {}
     control: dict[str, str] = {}
@@ -353,6 +371,17 @@ def from_dict(values: Mapping[str, Any], source: str = "config.json") -> Config:
 
 # --- helpers ---------------------------------------------------------------------------------------
 _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def _jit_compile_word(value: Any) -> str:
+    """jit_compile as a sweep or a command line may give it (YAML true, W&B's `True`, on/off, 1/0) -> its
+    canonical word; anything else is returned as given, for validate() to name the choices."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    if text in _BOOL_WORDS:
+        return "true" if _BOOL_WORDS[text] else "false"
+    return text if text == "auto" else str(value)
 
 
 def _unknown_key_message(key: str, source: str | None = None) -> str:

@@ -25,3 +25,7 @@ class SweepError(HarnessError):
 
 class LaunchError(HarnessError):
     """The launch request cannot be carried out (GPUs, sweep id, options)."""
+
+
+class DeviceError(HarnessError):
+    """The run was handed a device (a GPU) its framework cannot use, or a bad device setting."""

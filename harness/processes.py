@@ -5,7 +5,8 @@
 - `process_environment(pid)`: the environment a process was started with (which run a pid is);
 - `die_with_parent()`: a `preexec_fn` so Linux sends the child SIGTERM when its parent dies, however
   the parent dies (kill -9 included);
-- `SignalFlag`: signal handlers that only record (loops act on them at a safe point);
+- `SignalFlag`: signal handlers that only record (loops act on them at a safe point), optionally
+  keeping ignored signals ignored and exiting at once on a repeated one (a training run's);
 - `sleep_unless(seconds, stop)`: a sleep that ends early when `stop()` becomes true;
 - `wait_until(predicate, timeout_s)`: poll until `predicate()` is true or the deadline passes;
 - `send_signal(target, signum, group)`: signal a process (a pid or a Popen), or its process group,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 import subprocess
@@ -157,23 +159,35 @@ class SignalFlag:
     """Records the signals received (count, first, last) instead of acting on them mid-write.
 
     `on_signal(signum)`, if given, runs inside the handler (keep it to flag-setting and signal forwarding).
+    Handlers are installed by the main thread only (Python delivers signals there; elsewhere `install`
+    does nothing and the thread's owner handles them). Options a training run wants (all off by default):
+    - `keep_ignored`: a signal ignored when the flag is installed (SIG_IGN: nohup's SIGHUP, a SLURM job's
+      USR2) stays ignored;
+    - `exit_on_repeat`: the first signal received, arriving again, ends the process at once with exit
+      code 128 + signum (asked twice: stop now, whatever the loop was doing);
+    - `announce`: on the first signal print `received SIGNAME: <announce>` on stderr.
     """
 
     def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-                 on_signal: Callable[[int], None] | None = None) -> None:
+                 on_signal: Callable[[int], None] | None = None, *, keep_ignored: bool = False,
+                 exit_on_repeat: bool = False, announce: str | None = None) -> None:
         self.signals = tuple(signals)
         self.on_signal = on_signal
+        self.keep_ignored = keep_ignored
+        self.exit_on_repeat = exit_on_repeat
+        self.announce = announce
         self.count = 0
         self.first: int | None = None
         self.last: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> "SignalFlag":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals belong to whoever owns the main thread
         for signum in self.signals:
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: signals belong to whoever owns it
-                break
+            if self.keep_ignored and signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def restore(self) -> None:
@@ -185,9 +199,14 @@ class SignalFlag:
         return self.count > 0
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.exit_on_repeat and signum == self.first:
+            os._exit(128 + signum)  # the loop's own safe point never came; its last saved state stands
+        first_time = self.first is None
         self.count += 1
         self.first = self.first or signum
         self.last = signum
+        if first_time and self.announce:
+            print(f"\nreceived {signal.Signals(signum).name}: {self.announce}", file=sys.stderr, flush=True)
         if self.on_signal is not None:
             self.on_signal(signum)
 

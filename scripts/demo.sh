@@ -15,7 +15,6 @@ export HARNESS_ROOT="$root"
 # No W&B account is needed: runs log offline and can be uploaded later with `wandb sync`.
 export WANDB_MODE="${WANDB_MODE:-offline}"
 export WANDB_SILENT=true
-export TF_CPP_MIN_LOG_LEVEL=2
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 started=$(date +%s)
@@ -50,9 +49,9 @@ step "Launching two CPU agents (one run each at a time; Ctrl-C checkpoints and s
 python -m harness.launch --gpus none --agents 2 --sweep "$sweep_id" --root "$root"
 
 step "Sweep status"
-harness status "$sweep_id" --root "$root"
+harness status --sweep "$sweep_id" --root "$root"
 
-best_dir=$(harness status "$sweep_id" --root "$root" --best)
+best_dir=$(harness status --sweep "$sweep_id" --root "$root" --best)
 echo "best run: $best_dir"
 
 step "Post-processing the best run (per-class threshold and minimum component size)"
@@ -66,14 +65,14 @@ harness predict "$best_dir" --images "$data_dir/test_images" \
     --sample-submission "$data_dir/sample_submission.csv" --out "$demo_dir/submission.csv"
 
 step "Sweep report (best runs, parallel coordinates, parameter importance)"
-harness sweep report "$sweep_id" --root "$root"
+harness sweep report --sweep "$sweep_id" --root "$root"
 
 elapsed=$(( $(date +%s) - started ))
 cat <<EOF
 
 == Done in ${elapsed}s. Where everything is:
   data              $data_dir
-  sweep store       $root/sweeps.db            (harness status $sweep_id --root $root)
+  sweep store       $root/sweeps.db            (harness status --sweep $sweep_id --root $root)
   runs              $root/$sweep_id/<run_id>/  (config.json, metrics.jsonl, summary.json, best.keras, checkpoint/)
   best run          $best_dir
   its pictures      $best_dir/plots/

@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,15 +31,53 @@ def test_every_dependency_is_pinned_exactly():
     assert not loose, f"unpinned requirements in pyproject.toml: {loose}"
 
 
-def test_environment_yml_matches_pyproject():
+# The two TensorFlow extras (one import package: an environment has one of them) and the conda file of each.
+TENSORFLOW_EXTRAS = {"cpu": "environment.yml", "cuda": "environment-gpu.yml"}
+
+
+def _environment_pins(file: str) -> set[str]:
+    environment = yaml.safe_load((REPO / file).read_text())
+    pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
+    return {item for item in pip_section if not item.startswith("-e")}
+
+
+@pytest.mark.parametrize("tensorflow_extra, file", sorted(TENSORFLOW_EXTRAS.items()))
+def test_environment_yml_matches_pyproject(tensorflow_extra, file):
+    """Each conda file holds the dependencies plus every extra, with its own one of the TensorFlow extras."""
     project = _pyproject()["project"]
     wanted = set(project["dependencies"])
-    for extra in project.get("optional-dependencies", {}).values():
-        wanted.update(extra)
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
-    pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
-    listed = {item for item in pip_section if not item.startswith("-e")}
+    for name, extra in project.get("optional-dependencies", {}).items():
+        if name not in TENSORFLOW_EXTRAS or name == tensorflow_extra:
+            wanted.update(extra)
+    listed = _environment_pins(file)
     assert {_requirement_name(r): r for r in listed} == {_requirement_name(r): r for r in wanted}
+
+
+def test_tensorflow_comes_from_exactly_one_extra_of_one_version():
+    """tensorflow-cpu and tensorflow are the same import package: the base never names either, the `cpu`
+    extra names tensorflow-cpu alone, the `cuda` extra tensorflow[and-cuda] (and NVIDIA's wheels), same version."""
+    project = _pyproject()["project"]
+    extras = project["optional-dependencies"]
+    tensorflow_names = {"tensorflow", "tensorflow-cpu"}
+    assert not [r for r in project["dependencies"] if _requirement_name(r) in tensorflow_names]
+    for name, extra in extras.items():
+        if name not in TENSORFLOW_EXTRAS:
+            assert not [r for r in extra if _requirement_name(r) in tensorflow_names], name
+    (cpu,) = extras["cpu"]
+    assert _requirement_name(cpu) == "tensorflow-cpu"
+    cuda_tensorflow = [r for r in extras["cuda"] if _requirement_name(r) in tensorflow_names]
+    assert cuda_tensorflow == [f"tensorflow[and-cuda]=={cpu.split('==')[1]}"]
+    others = [r for r in extras["cuda"] if r not in cuda_tensorflow]
+    assert others and all(_requirement_name(r).startswith("nvidia-") and _requirement_name(r).endswith("-cu12") for r in others)
+
+
+def test_make_venv_installs_tensorflow_cpu_unless_cuda_is_asked_for():
+    """CI's `make test` stays CPU-only; `make venv CUDA=1` swaps in the GPU build (and removes the other first)."""
+    default = subprocess.run(["make", "-n", "venv", "VENV=/nonexistent/venv"], capture_output=True, text=True, cwd=REPO)
+    cuda = subprocess.run(["make", "-n", "venv", "VENV=/nonexistent/venv", "CUDA=1"], capture_output=True, text=True, cwd=REPO)
+    assert default.returncode == 0 and cuda.returncode == 0, default.stderr + cuda.stderr
+    assert 'install --quiet -e ".[test,library,cpu]"' in default.stdout and "uninstall --quiet --yes tensorflow;" in default.stdout
+    assert 'install --quiet -e ".[test,library,cuda]"' in cuda.stdout and "uninstall --quiet --yes tensorflow-cpu;" in cuda.stdout
 
 
 def test_console_script_and_module_entry_points_work():

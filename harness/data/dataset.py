@@ -127,8 +127,8 @@ def _make_class() -> type:
 
         def skip_batches(self, epoch: int, count: int) -> None:
             """Serve zero placeholders for the first `count` batches of `epoch` (0-based): a run resumed
-            at batch `count` of that epoch skips those steps (see harness.run.train) and should not
-            spend time reading and augmenting images it discards. The others are unchanged."""
+            at batch `count` of that epoch skips those steps (see harness.run.callbacks.skip_first_batches)
+            and should not spend time reading and augmenting images it discards. The others are unchanged."""
             self._skip = (int(epoch), int(count)) if count > 0 else None
 
         def _placeholder(self, batch_index: int, size: int) -> Any:

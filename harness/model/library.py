@@ -65,14 +65,21 @@ def build_sm_unet_resnet34(
         BACKBONE,
         input_shape=(height, width, int(input_shape[2])),
         classes=4,
-        activation="linear" if presence_head else "sigmoid",
+        activation="linear",  # the output layer is ours, below: float32 under a mixed-precision policy
         encoder_weights=None,
     )
     if weights_file is not None:
         load_encoder_weights(model, weights_file)
-    if presence_head:
-        import keras
+    import keras
 
+    if not presence_head:
+        # The library's own `Activation("sigmoid", name="sigmoid")` would compute in the policy's float16;
+        # the same layer (same name, no weights) with dtype float32 gives the losses float32 probabilities.
+        probabilities = keras.layers.Activation("sigmoid", dtype="float32", name="sigmoid")(
+            model.get_layer("final_conv").output
+        )
+        model = keras.Model(model.input, probabilities, name=model.name)
+    else:
         from harness.model import heads
 
         # Keras names a model's outputs after the layers that make them: an identity layer named "mask".

@@ -31,18 +31,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import io
+from harness import io, runfolder
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-CHECKPOINT_DIR = "checkpoint"
+# Inside the run folder's checkpoint folder (harness.runfolder.CHECKPOINT_DIR); the run folder's own
+# file names (best.keras, metrics.jsonl, summary.json) are harness.runfolder's.
 POINTER = "LATEST"
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
-BEST_FILE = "best.keras"
-METRICS_FILE = "metrics.jsonl"
 _STAGED_BEST = re.compile(r"^\.best-epoch(\d+)\.keras$")
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)$")
 
@@ -85,7 +84,7 @@ class TrainState:
 
 
 def checkpoint_root(run_dir: str | os.PathLike[str]) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
+    return Path(run_dir) / runfolder.CHECKPOINT_DIR
 
 
 def save_checkpoint(run_dir: str | os.PathLike[str], model: "keras.Model", state: TrainState) -> Path:
@@ -187,7 +186,7 @@ def discard(run_dir: str | os.PathLike[str]) -> Path | None:
     `<run_dir>/discarded-<time>/` so the run starts again from epoch 0; None when there was none.
     Nothing is deleted: the old state stays there to look at or to put back."""
     run_dir = Path(run_dir)
-    names = [CHECKPOINT_DIR, METRICS_FILE, BEST_FILE, "summary.json"]
+    names = [runfolder.CHECKPOINT_DIR, runfolder.METRICS_FILE, runfolder.BEST_FILE, runfolder.SUMMARY_FILE]
     present = [name for name in names if (run_dir / name).exists()] + [
         path.name for path in run_dir.glob(".best-epoch*.keras")]
     if not present:
@@ -243,7 +242,7 @@ def stage_best(run_dir: str | os.PathLike[str], model: "keras.Model", epoch: int
 def commit_best(run_dir: str | os.PathLike[str], epoch: int) -> None:
     """Make the staged candidate of `epoch` the run's best.keras."""
     run_dir = Path(run_dir)
-    os.replace(run_dir / f".best-epoch{epoch:05d}.keras", run_dir / BEST_FILE)
+    os.replace(run_dir / f".best-epoch{epoch:05d}.keras", run_dir / runfolder.BEST_FILE)
     _fsync_dir(run_dir)
 
 
@@ -255,7 +254,7 @@ def recover_best(run_dir: str | os.PathLike[str], state: TrainState | None) -> N
         if not match:
             continue
         if state is not None and state.best_epoch == int(match.group(1)):
-            os.replace(path, run_dir / BEST_FILE)
+            os.replace(path, run_dir / runfolder.BEST_FILE)
         else:
             path.unlink()
 
@@ -264,19 +263,18 @@ def load_best(run_dir: str | os.PathLike[str]) -> "keras.Model":
     """The run's best model, uncompiled (for evaluation and prediction)."""
     import keras
 
-    from harness.errors import HarnessError
     from harness.run import losses  # noqa: F401  (registers the custom objects a saved model names)
 
-    path = Path(run_dir) / BEST_FILE
+    path = Path(run_dir) / runfolder.BEST_FILE
     if not path.exists():
-        raise HarnessError(f"no best model in {run_dir}: {BEST_FILE} is missing (has the run finished an epoch?)")
+        raise HarnessError(f"no best model in {run_dir}: {runfolder.BEST_FILE} is missing (has the run finished an epoch?)")
     return keras.models.load_model(str(path), compile=False)
 
 
 # --- metrics.jsonl ----------------------------------------------------------------------------------
 def append_metrics(run_dir: str | os.PathLike[str], row: dict[str, Any]) -> None:
     """Append one epoch's row (one write call and an fsync, so a kill leaves at most a torn last line)."""
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / runfolder.METRICS_FILE
     line = io.jsonl_text([row])
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
@@ -291,7 +289,7 @@ def truncate_metrics(run_dir: str | os.PathLike[str], epochs_completed: int) -> 
     and reported by `harness.io.read_jsonl`) and repeated epochs (the latest row wins) are dropped;
     the file is rewritten atomically whenever its text is not exactly those rows.
     """
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / runfolder.METRICS_FILE
     rows = io.read_jsonl(path)
     kept: dict[int, dict[str, Any]] = {}
     for row in rows:

@@ -1,6 +1,6 @@
 """Click commands of this area (registered on the `harness` group by harness.cli).
 
-    harness train [--config FILE] [--run_id ID] [--root DIR] [--sweep_id ID] [--restart] [--key=value ...]
+    harness train [--config FILE] [--run-id ID] [--root DIR] [--sweep-id ID] [--restart] [--key=value ...]
     harness config [--markdown]
 """
 
@@ -43,7 +43,7 @@ def config_markdown() -> str:
         lines.append(f"| `{row['key']}` | {row['type']} | `{row['default']}` | {_cell(row['help'])} |")
     lines += ["", "## Run arguments (not part of the config)", "", "| argument | meaning |", "|---|---|"]
     for key in config_module.CONTROL_KEYS:
-        lines.append(f"| `--{key}` | {_cell(CONTROL_HELP.get(key, ''))} |")
+        lines.append(f"| `--{key.replace('_', '-')}` | {_cell(CONTROL_HELP.get(key, ''))} |")
     lines += [
         "",
         f"Metrics a run logs (valid `monitor` values): {', '.join(f'`{name}`' for name in config_module.LOGGED_METRICS)}.",
@@ -81,13 +81,14 @@ def register(group: click.Group) -> None:
     def train_command(ctx: click.Context, args: tuple[str, ...]) -> None:
         """Train (or resume) one run: the same as `python -m harness.train [--key=value ...]`.
 
-        Options: --config FILE, --run_id ID, --root DIR, --sweep_id ID, --restart and any config key as
-        --key=value (see `harness config`). Exit code 0 finished, 2 bad config, 128+signal preempted,
-        75 the run folder is another process's (its lease), 1 failed (also: a damaged checkpoint).
+        Options: --config FILE, --run-id ID, --root DIR, --sweep-id ID, --restart and any config key as
+        --key=value, e.g. --data-dir=data --image-size=128x192 (see `harness config`; snake_case works too).
+        Exit code 0 finished, 2 bad config, 128+signal preempted, 75 the run folder is another process's
+        (its lease), 1 failed (also: a damaged checkpoint).
         """
-        from harness.run import train
+        from harness.run.main import main
 
-        ctx.exit(train.main(list(args)))
+        ctx.exit(main(list(args)))
 
     @group.command("config")
     @click.option("--markdown", is_flag=True, help="print the reference as Markdown (docs/config.md)")

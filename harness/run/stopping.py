@@ -11,6 +11,11 @@ Every signal here makes the run save a checkpoint after the current batch; they 
   stop button, `wandb sweep --stop`), so SIGTERM, SIGHUP and SIGQUIT mean stop there: the run must
   not ask to be handed out again. SIGINT (Ctrl-C on the agent's terminal) still means preempt.
 
+The run's flag (`stop_flag`, a harness.processes.SignalFlag) is checked after every batch; a signal
+ignored when the run starts (nohup) stays ignored, and the same signal a second time exits at once
+(the checkpoint in force is always complete). `Preempted` carries the signal out of Keras's fit()
+once its checkpoint is written.
+
 Outside a W&B sweep (a local sweep's agent, SLURM jobs of a local sweep, a run by hand) every one of
 them means preempt, as before: the local agent records hyperband stops itself.
 """
@@ -21,10 +26,27 @@ import os
 import signal
 from typing import Mapping
 
+from harness import processes
+
 # The signals a run handles (those this platform has): each saves a checkpoint first.
 SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT")
 PREEMPT_ALWAYS = ("SIGUSR1", "SIGUSR2", "SIGINT")
 PREEMPT, STOP = "preempted", "stopped"
+
+
+class Preempted(Exception):
+    """Raised inside fit() once a stop signal's checkpoint is written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_flag() -> processes.SignalFlag:
+    """The flag a training run installs for SIGNALS (those this platform has): see the module docstring."""
+    numbers = [getattr(signal, name) for name in SIGNALS if hasattr(signal, name)]
+    return processes.SignalFlag(numbers, keep_ignored=True, exit_on_repeat=True,
+                                announce="saving a checkpoint and stopping")
 
 
 def under_wandb_agent(environ: Mapping[str, str] | None = None) -> bool:

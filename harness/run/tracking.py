@@ -99,6 +99,7 @@ class TensorBoardLog:
         self._event_pb2 = event_pb2
         self.log_dir = Path(run_dir) / TB_DIR
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_a_later_second(self.log_dir)
         self._writer = EventFileWriter(str(self.log_dir))
         if resume_epoch > 0:
             # TensorBoard drops earlier points with step >= this one: the epoch the killed process
@@ -155,6 +156,20 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
+
+
+def _wait_for_a_later_second(log_dir: Path) -> None:
+    """Return once the clock's second is past that of every event file in `log_dir`.
+
+    TensorBoard reads a folder's event files in name order, and a name is
+    `events.out.tfevents.<second>.<host>.<pid>.<counter>`: a second writer within the same second (a
+    resumed run in the same process, as tests do) may sort first (counter 10 before 9, as text), and
+    the points it replaces would then be read as the newer ones.
+    """
+    stamps = [path.name.split(".")[3] for path in log_dir.glob("events.out.tfevents.*")]
+    seconds = [int(stamp) for stamp in stamps if stamp.isdigit()]
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:

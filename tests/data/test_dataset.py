@@ -123,7 +123,7 @@ def test_make_datasets_prepares_a_missing_cache(synth_dir, tiny_config, tmp_path
 
 
 def test_skipped_batches_of_a_resumed_epoch_are_zero_placeholders_and_the_rest_unchanged(opened):
-    """Exact resume (harness.run.train.skip_first_batches): the first k batches of the resumed epoch
+    """Exact resume (harness.run.callbacks.skip_first_batches): the first k batches of the resumed epoch
     are zeros shaped like real batches (also the short last one); every other batch is the real one."""
     indices = list(range(9))
     reference = dataset.CloudDataset(opened, indices, batch_size=2, augment="flips", shuffle=True, seed=3, workers=2)

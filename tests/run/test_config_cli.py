@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from harness import cli
 from harness import config as config_module
+from harness import runfolder
 from harness.errors import ConfigError
-from harness.run import tracking, train
+from harness.run import callbacks, checkpoint, identity, stopping, tracking
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,12 +71,12 @@ def test_a_resumed_run_keeps_its_saved_config(tmp_path):
     run_dir = tmp_path / "run1"
     _save_run_config(run_dir, loss="dice", epochs=3)
     # Nothing given explicitly: the saved values win over the defaults of a bare command line.
-    assert train.resolve_config(run_dir, config_module.Config(), explicit_keys=[]).loss == "dice"
+    assert identity.resolve_config(run_dir, config_module.Config(), explicit_keys=[]).loss == "dice"
     # The same value given again is fine; `epochs` may grow to extend the run.
-    resumed = train.resolve_config(run_dir, config_module.build_config(overrides={"loss": "dice", "epochs": 6}), ["loss", "epochs"])
+    resumed = identity.resolve_config(run_dir, config_module.build_config(overrides={"loss": "dice", "epochs": 6}), ["loss", "epochs"])
     assert (resumed.loss, resumed.epochs) == ("dice", 6)
     with pytest.raises(ConfigError, match=r"'loss' = 'bce'.*differs from 'dice'"):
-        train.resolve_config(run_dir, config_module.build_config(overrides={"loss": "bce"}), ["loss"])
+        identity.resolve_config(run_dir, config_module.build_config(overrides={"loss": "bce"}), ["loss"])
 
 
 def test_resume_with_a_different_value_exits_2_naming_the_key(tmp_path):
@@ -88,10 +89,10 @@ def test_resume_with_a_different_value_exits_2_naming_the_key(tmp_path):
 def test_run_folder_follows_root_and_sweep(tmp_path, monkeypatch):
     monkeypatch.delenv("HARNESS_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert train.run_dir_for(None, None, "abc") == tmp_path / "runs" / "single" / "abc"
-    assert train.run_dir_for(tmp_path / "r", "local-1", "abc") == tmp_path / "r" / "local-1" / "abc"
-    run_id = train.new_run_id()
-    assert len(run_id) == 8 and train.check_id(run_id, "run_id") == run_id
+    assert runfolder.run_dir(None, None, "abc") == tmp_path / "runs" / "single" / "abc"
+    assert runfolder.run_dir(tmp_path / "r", "local-1", "abc") == tmp_path / "r" / "local-1" / "abc"
+    run_id = identity.new_run_id()
+    assert len(run_id) == 8 and identity.check_id(run_id, "run_id") == run_id
 
 
 def test_wandb_mode_defaults_to_offline_without_an_account(monkeypatch):
@@ -145,20 +146,20 @@ def test_controllers_resume_their_counters():
     config = config_module.build_config(overrides={"early_stopping_patience": 3, "lr_patience": 2})
     saved = {"early_stopping": {"wait": 2, "best": 0.5, "best_epoch": 4, "stopped_epoch": 0},
              "reduce_lr": {"wait": 1, "best": 0.5, "cooldown_counter": 0}}
-    state = train.checkpoint_module.TrainState(callbacks=saved)
-    controllers = train.make_controllers(config, state)
+    state = checkpoint.TrainState(callbacks=saved)
+    controllers = callbacks.make_controllers(config, state)
     for callback in controllers:
         callback.on_train_begin()
-    assert train._controller_state(controllers) == saved
-    assert train.make_controllers(config_module.Config(), state) == []  # patience 0: off
+    assert callbacks._controller_state(controllers) == saved
+    assert callbacks.make_controllers(config_module.Config(), state) == []  # patience 0: off
 
 
 def test_stop_signals_set_a_flag_and_restore_the_old_handlers():
     previous = signal.getsignal(signal.SIGUSR1)
-    stop = train.StopSignals().install()
+    stop = stopping.stop_flag().install()
     try:
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert stop.received == signal.SIGUSR1
+        assert stop.first == signal.SIGUSR1
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGUSR1) is previous

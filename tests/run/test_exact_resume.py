@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from harness import config as config_module
-from harness import io
+from harness import io, runfolder
 from harness.run import checkpoint, train
 from tests.conftest import tiny_overrides
 
@@ -37,7 +37,7 @@ def _config(synth_dir: Path, prepared_cache: Path) -> config_module.Config:
 def _interrupt_at(run_dir: Path, point: str, monkeypatch: pytest.MonkeyPatch) -> threading.Thread:
     """SIGTERM this process once the run is paused at `point` (HARNESS_PAUSE_AT syntax)."""
     monkeypatch.setenv("HARNESS_PAUSE_AT", point)
-    marker = run_dir / train.PAUSED_FILE
+    marker = run_dir / runfolder.PAUSED_FILE
 
     def watch() -> None:
         deadline = time.monotonic() + 300

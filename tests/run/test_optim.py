@@ -15,7 +15,8 @@ import pytest
 from harness import config as config_module
 from harness import io
 from harness.errors import ConfigError
-from harness.run import checkpoint, optim, train
+from harness.run import callbacks, checkpoint, optim, train
+from harness.run.main import main
 
 
 def test_schedule_golden_values():
@@ -65,7 +66,7 @@ def test_adamw_decays_weights_and_takes_the_schedule():
 def test_lr_patience_with_a_schedule_is_refused_naming_both_keys(capsys):
     with pytest.raises(ConfigError, match="lr_patience.*lr_schedule"):
         config_module.build_config(overrides={"lr_patience": 2, "lr_schedule": "cosine"})
-    assert train.main(["--lr_patience=2", "--lr_schedule=onecycle", "--data_dir=/nonexistent"]) == 2
+    assert main(["--lr_patience=2", "--lr_schedule=onecycle", "--data_dir=/nonexistent"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "'lr_patience'" in error and "'lr_schedule'" in error
     # constant keeps LR-on-plateau
@@ -74,7 +75,7 @@ def test_lr_patience_with_a_schedule_is_refused_naming_both_keys(capsys):
 
 def _signal_at(epoch_index: int, batch_index: int):
     """make_log_extras wrapped so the run sends itself SIGTERM after one given training batch (a real signal)."""
-    original = train.make_log_extras
+    original = callbacks.make_log_extras
 
     def make(monitor: str):
         callback = original(monitor)
@@ -98,7 +99,7 @@ def test_a_run_with_the_head_and_a_schedule_resumes_the_schedule_where_it_stoppe
         monitor="val_kaggle_dice",
     ).validate()
     run_dir = tmp_path / "single" / "headed"
-    monkeypatch.setattr(train, "make_log_extras", _signal_at(epoch_index=1, batch_index=1))
+    monkeypatch.setattr(callbacks, "make_log_extras", _signal_at(epoch_index=1, batch_index=1))
     stopped = train.train(config, run_dir, "headed", verbose=0)
     assert stopped["status"] == "preempted" and stopped["exit_code"] == 128 + signal.SIGTERM
     state = checkpoint.load_state(run_dir)

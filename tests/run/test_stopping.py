@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.run import checkpoint, stopping, train
+from harness.run import checkpoint, stopping
 from tests.conftest import tiny_overrides
 from tests.launch.conftest import wait_until
 
@@ -48,11 +48,11 @@ def test_hup_and_quit_are_handled_and_an_ignored_signal_stays_ignored():
     # (a CI runner's, say) with SIGQUIT and SIGINT ignored, and the run rightly keeps those ignored.
     previous_quit = signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
-        stop = train.StopSignals().install()
+        stop = stopping.stop_flag().install()
         try:
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGQUIT)
-            assert stop.received == signal.SIGQUIT
+            assert stop.first == signal.SIGQUIT
         finally:
             stop.restore()
     finally:

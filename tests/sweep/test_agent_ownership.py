@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import io, runfolder
-from harness.run import checkpoint, lease, train
+from harness.run import checkpoint, lease
 from harness.sweep.store import Store
 from tests.conftest import tiny_overrides
 
@@ -104,7 +104,7 @@ def test_agent_killed_with_9_its_real_trainer_saves_and_the_next_agent_resumes_a
     with Store(root) as store:
         run = wait_for(lambda: store.runs(sweep_id) and store.runs(sweep_id)[0], 60, "a claimed run")
     folder = runfolder.run_dir(root, sweep_id, run.id)
-    wait_for(lambda: (folder / train.PAUSED_FILE).exists(), 240, "the trainer paused after epoch 2's first batch")
+    wait_for(lambda: (folder / runfolder.PAUSED_FILE).exists(), 240, "the trainer paused after epoch 2's first batch")
     logged_before_kill = [row["epoch"] for row in io.read_jsonl(folder / "metrics.jsonl")]
     assert logged_before_kill == [1]
     os.kill(first.pid, signal.SIGKILL)
