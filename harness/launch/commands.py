@@ -38,16 +38,12 @@ from harness.sweep.ids import is_wandb_sweep
                    "local sweep's store never does; there it only spreads the start-up load)")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
               help="restarts of an agent that dies abnormally (back-off 2, 4, 8 ... s)")
-@click.option("--quarantine-after", type=click.IntRange(min=0), default=None,
-              help="--gpus: retire a GPU for the sweep after this many runs in a row failed at start on it while "
-                   "runs succeed on others (0: never) [3]; on SLURM the profile's quarantine_after")
 @click.option("--dry-run", is_flag=True, help="print what would be started or submitted, start nothing")
 @click.option("--sync", "sync", is_flag=True,
               help="local sweep with offline runs: upload their W&B data from here while they train (needs W&B access here)")
 def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_per_gpu: int, count: int | None,
                    root: str | None, resume: bool, profile_name: str | None, parallel: int | None,
-                   profiles_file: str | None, stagger: float, max_restarts: int, quarantine_after: int | None,
-                   dry_run: bool, sync: bool) -> None:
+                   profiles_file: str | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool) -> None:
     """Run a sweep on this machine's GPUs (one agent per GPU) or as SLURM jobs.
 
     \b
@@ -63,8 +59,6 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         raise LaunchError("say where to run: --gpus IDS|all|none (agents on this machine) or --slurm PROFILE")
     if profile_name is None and parallel is not None:
         raise LaunchError("--parallel goes with --slurm; on this machine the agents are the parallelism")
-    if profile_name is not None and quarantine_after is not None:
-        raise LaunchError("--quarantine-after goes with --gpus; on SLURM it is the profile's quarantine_after key")
     root_path = runs_root(root)
     wandb = is_wandb_sweep(sweep_id)
     _prepare(sweep_id, wandb, root_path, resume, dry_run, sync)
@@ -72,7 +66,7 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run, sync)
     else:
         _launch_local(sweep_id, wandb, root_path, gpus, agents, agents_per_gpu, count, stagger, max_restarts,
-                      dry_run, sync, quarantine_after)
+                      dry_run, sync)
 
 
 def _prepare(sweep_id: str, wandb: bool, root: Path, resume: bool, dry_run: bool, sync: bool) -> None:
@@ -91,12 +85,11 @@ def _prepare(sweep_id: str, wandb: bool, root: Path, resume: bool, dry_run: bool
 
 
 def _launch_local(sweep_id: str, wandb: bool, root: Path, gpus: str, agents: int | None, agents_per_gpu: int,
-                  count: int | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool,
-                  quarantine_after: int | None = None) -> None:
+                  count: int | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool) -> None:
     from harness.launch import local
 
     slots = local.plan_agents(sweep_id, local.parse_gpus(gpus), root, agents_per_gpu=agents_per_gpu,
-                              agents=agents, count=count, quarantine_after=quarantine_after)
+                              agents=agents, count=count)
     if dry_run:
         for slot in slots:
             env = " ".join(f"{key}={value!r}" for key, value in slot.env.items())
@@ -116,10 +109,6 @@ def _launch_local(sweep_id: str, wandb: bool, root: Path, gpus: str, agents: int
     if code and not supervisor.stop_signal and supervisor.failed:
         click.echo(f"[launch] failed: {len(supervisor.failed)} of {len(slots)} agent(s) ended abnormally "
                    f"({', '.join(supervisor.failed)}); exit code {code}", err=True)
-    if supervisor.retired:
-        click.echo(f"[launch] retired for sweep {sweep_id} (quarantined GPU): {', '.join(supervisor.retired)}"
-                   + ("; every slot is retired" if len(supervisor.retired) == len(slots) else ""),
-                   err=bool(code))
     if not code and not wandb:
         from harness.sweep.store import Store
 

@@ -197,16 +197,18 @@ def _compiled_model(config: Config, steps_per_epoch: int) -> Any:
     import keras
 
     from harness.model import build_model
-    from harness.run import losses, optim
+    from harness.run import device, losses, optim
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    device.apply_precision(config)  # before the model is built: a layer takes the policy in force when made
     model = build_model(config)
-    # Losses and metrics follow presence_head.
-    model.compile(optimizer=optim.make_optimizer(config, steps_per_epoch), **losses.compile_arguments(config))
+    # Losses and metrics follow presence_head; jit_compile and steps_per_execution are the config's.
+    model.compile(optimizer=optim.make_optimizer(config, steps_per_epoch), **losses.compile_arguments(config),
+                  **device.compile_options(config))
     return model
 
 

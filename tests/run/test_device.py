@@ -300,3 +300,18 @@ def test_device_keys_from_a_file_and_in_the_generated_reference(tmp_path):
     documented = {row["key"]: row for row in config_module.field_docs()}
     for key in ("precision", "jit_compile", "steps_per_execution", "allow_cpu"):
         assert documented[key]["help"], key
+
+
+def test_a_sweep_can_search_the_device_keys_and_a_bad_value_is_caught_at_creation():
+    from harness.sweep import spec
+
+    sweep = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
+             "parameters": {"jit_compile": {"values": [True, False, "auto"]},
+                            "precision": {"values": ["float32", "mixed_bfloat16"]},
+                            "steps_per_execution": {"values": [1, 4]}, "allow_cpu": {"value": True}},
+             "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}
+    assert spec.validate_spec(sweep) == []
+    sweep["parameters"]["precision"] = {"values": ["float32", "bfloat16"]}
+    assert spec.validate_spec(sweep) == [
+        "parameters.precision: value 'bfloat16': config key 'precision' = 'bfloat16' is not one of: "
+        "float32, mixed_float16, mixed_bfloat16"]
