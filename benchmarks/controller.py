@@ -42,8 +42,8 @@ SPACE = {
 }
 
 
-def _spec(method: str) -> dict:
-    parameters = {name: {"values": values} for name, values in SPACE.items()}
+def _spec(method: str, space: dict = SPACE) -> dict:
+    parameters = {name: {"values": values} for name, values in space.items()}
     if method == "bayes":
         parameters["learning_rate"] = {"distribution": "log_uniform_values", "min": 1e-5, "max": 1e-2}
         parameters["dropout"] = {"distribution": "uniform", "min": 0.0, "max": 0.5}
@@ -51,13 +51,13 @@ def _spec(method: str) -> dict:
             "command": COMMAND}
 
 
-def _configs(method: str, count: int, rng: random.Random) -> list[dict]:
+def _configs(method: str, count: int, rng: random.Random, space: dict = SPACE) -> list[dict]:
     if method == "grid":  # the first cells, as the grid would have handed them out
-        names = list(SPACE)
-        return [dict(zip(names, cell)) for cell in itertools.islice(itertools.product(*SPACE.values()), count)]
+        names = list(space)
+        return [dict(zip(names, cell)) for cell in itertools.islice(itertools.product(*space.values()), count)]
     configs = []
     for _ in range(count):
-        config = {name: rng.choice(values) for name, values in SPACE.items()}
+        config = {name: rng.choice(values) for name, values in space.items()}
         if method == "bayes":
             config["learning_rate"] = 10 ** rng.uniform(-5, -2)
             config["dropout"] = rng.uniform(0.0, 0.5)
@@ -94,7 +94,10 @@ def _paired(reference, value, repeats: int, after) -> tuple[float, float]:
     return statistics.median(reference_times), statistics.median(value_times)
 
 
-def bench_next_run(sizes: list[int], repeats: int) -> list[dict]:
+def bench_next_run(sizes: list[int], repeats: int, methods: tuple[str, ...] = ("random", "grid", "bayes"),
+                   space: dict = SPACE) -> list[dict]:
+    """Claim through the store vs the engine alone, per method and number of finished runs (`space`: the
+    search space; a grid needs at least max(sizes) cells)."""
     from harness.sweep import engine
     from harness.sweep.store import Store
 
@@ -103,11 +106,11 @@ def bench_next_run(sizes: list[int], repeats: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         store = Store(folder)
-        for method in ("random", "grid", "bayes"):
+        for method in methods:
             for size in sizes:
-                spec = _spec(method)
+                spec = _spec(method, space)
                 sweep_id = store.create_sweep(spec)
-                _fill(store, sweep_id, _configs(method, size, rng), rng)
+                _fill(store, sweep_id, _configs(method, size, rng, space), rng)
                 runs = store.runs(sweep_id)
                 engine_runs = engine.engine_runs(runs, METRIC["name"], max_attempts=5)
                 engine.propose(spec, runs)  # warm caches once

@@ -22,6 +22,7 @@ MODULES = (
     "benchmarks.data_pipeline",
     "benchmarks.train_step",
     "benchmarks.controller",
+    "benchmarks.scale",
     "benchmarks.utilisation",
     "benchmarks.postprocess",
     "benchmarks.sync",

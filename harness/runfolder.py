@@ -99,6 +99,13 @@ def read_history(folder: str | os.PathLike[str], skipped: list[str] | None = Non
     return ordered + unnumbered
 
 
+def epoch_times(folder: str | os.PathLike[str]) -> list[float]:
+    """When each epoch row of `metrics.jsonl` was written (its `time`), for what an attempt cost. Quiet about
+    a torn line: whoever follows the history (harness.sweep.outcome) reports it."""
+    rows = read_history(folder, skipped=[])
+    return [float(row["time"]) for row in rows if isinstance(row.get("time"), (int, float))]
+
+
 def _epoch_key(epoch: Any) -> float:
     try:
         return float(epoch)

@@ -181,6 +181,9 @@ SchedulerParameters=bf_interval=2,sched_interval=2
 KillWait=5
 MinJobAge=300
 ReturnToService=2
+# Job arrays of at most 4 tasks (indices 0..3), so that a W&B sweep's agent array of more is split
+# (tests/launch/test_slurm.py); no other test submits an array of more than one task here.
+MaxArraySize=4
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=$host

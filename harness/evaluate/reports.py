@@ -4,7 +4,8 @@ Writes into `<root>/<sweep_id>/report/`:
     best_runs.png                the best runs (by the sweep's metric and goal) as a table
     parallel_coordinates.png     one line per run across the varying parameters and the metric
     parameter_importance.png     per parameter: correlation with the metric and an importance
-    report.md                    the same tables in Markdown, with the pictures linked
+    report.md                    the same tables in Markdown, with the pictures linked, and what the sweep
+                                 cost (GPU-hours useful and lost, the best metric against GPU-hours spent)
 
 Parameters that take a single value in the sweep are left out. Numeric parameters are used as
 numbers (on a log10 axis when they are positive and span two decades or more, like learning
@@ -122,10 +123,14 @@ def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top:
     """Build the report of a local sweep; returns {'folder', 'files', 'best', 'importance', 'header'}."""
     from harness.sweep.store import Store
 
+    from harness.sweep import status
+
     with Store(root, read_only=True) as store:
         sweep = store.get_sweep(sweep_id)
         runs = store.runs(sweep_id)
         root_path = store.root
+        attempts = store.attempts(sweep_id)
+        cost = status.cost_lines(store, sweep)
     if not runs:
         raise SweepError(f"sweep {sweep_id} has no runs yet: nothing to report (start an agent: harness agent --sweep {sweep_id})")
     metric_name = sweep.metric_name or "metric"
@@ -141,15 +146,38 @@ def sweep_report(sweep_id: str, root: str | os.PathLike[str] | None = None, top:
     if parameters:
         files.update(_parameter_pictures(sweep_id, len(runs), parameters, metric, metric_name, rows, folder))
     report = _markdown(sweep, runs, metric_name, best_header, best_rows, rows, files, folder)
-    io.atomic_write_text(folder / REPORT_FILE, report)
+    io.atomic_write_text(folder / REPORT_FILE, report + _cost_markdown(sweep, attempts))
     files["report"] = folder / REPORT_FILE
     return {"folder": str(folder), "files": {key: str(path) for key, path in files.items()}, "best": best_rows,
-            "importance": rows, "header": best_header}
+            "importance": rows, "header": best_header, "cost": cost}
 
 
 def format_best_runs(report: dict[str, Any]) -> str:
-    """The best-runs table of a `sweep_report` as text (what `harness sweep report` prints)."""
-    return format_table(report["best"], header=report["header"])
+    """The best-runs table of a `sweep_report` as text (what `harness sweep report` prints), then its cost."""
+    return "\n".join([format_table(report["best"], header=report["header"]), *report.get("cost", [])])
+
+
+def _cost_markdown(sweep: Any, attempts: Sequence[Any]) -> str:
+    """## Cost: GPU-hours of the sweep's ended attempts (useful, lost), CPU wall-hours, the best metric by cost."""
+    from harness.sweep import attempts as costs
+
+    if not attempts:
+        return ""
+    total = costs.sweep_cost(attempts)
+    axis = costs.cost_axis(attempts)
+    lines = ["", "## Cost", "", "| attempts | GPU-hours | useful | lost | attempts cut short | CPU wall-hours |",
+             "|---|---|---|---|---|---|",
+             f"| {total.attempts} | {total.gpu_hours:.4g} | {total.useful_gpu_hours:.4g} | {total.lost_gpu_hours:.4g} | "
+             f"{total.interrupted} | {total.cpu_wall_hours:.4g} |", "",
+             "Lost: the time since each interrupted process's last completed epoch (an upper bound where it saved "
+             "mid-epoch). A CPU attempt counts 0 GPU-hours.", ""]
+    points = costs.best_by_cost(attempts, sweep.goal)
+    if points:
+        lines += [f"Best `{sweep.metric_name or 'metric'}` so far against the {axis} spent:", "",
+                  f"| {axis} spent | best | run |", "|---|---|---|"]
+        lines += [f"| {spent:.4g} | {value:.4f} | {run_id} |" for spent, value, run_id in points]
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def _best_runs(sweep: Any, runs: Sequence[Any], metric: np.ndarray, parameters: Sequence[Parameter],

@@ -38,12 +38,16 @@ from harness.sweep.ids import is_wandb_sweep
                    "local sweep's store never does; there it only spreads the start-up load)")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
               help="restarts of an agent that dies abnormally (back-off 2, 4, 8 ... s)")
+@click.option("--quarantine-after", type=click.IntRange(min=0), default=None,
+              help="--gpus: retire a GPU for the sweep after this many runs in a row failed at start on it while "
+                   "runs succeed on others (0: never) [3]; on SLURM the profile's quarantine_after")
 @click.option("--dry-run", is_flag=True, help="print what would be started or submitted, start nothing")
 @click.option("--sync", "sync", is_flag=True,
               help="local sweep with offline runs: upload their W&B data from here while they train (needs W&B access here)")
 def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_per_gpu: int, count: int | None,
                    root: str | None, resume: bool, profile_name: str | None, parallel: int | None,
-                   profiles_file: str | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool) -> None:
+                   profiles_file: str | None, stagger: float, max_restarts: int, quarantine_after: int | None,
+                   dry_run: bool, sync: bool) -> None:
     """Run a sweep on this machine's GPUs (one agent per GPU) or as SLURM jobs.
 
     \b
@@ -59,6 +63,8 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         raise LaunchError("say where to run: --gpus IDS|all|none (agents on this machine) or --slurm PROFILE")
     if profile_name is None and parallel is not None:
         raise LaunchError("--parallel goes with --slurm; on this machine the agents are the parallelism")
+    if profile_name is not None and quarantine_after is not None:
+        raise LaunchError("--quarantine-after goes with --gpus; on SLURM it is the profile's quarantine_after key")
     root_path = runs_root(root)
     wandb = is_wandb_sweep(sweep_id)
     _prepare(sweep_id, wandb, root_path, resume, dry_run, sync)
@@ -66,7 +72,7 @@ def launch_command(sweep_id: str, gpus: str | None, agents: int | None, agents_p
         _launch_slurm(sweep_id, wandb, root_path, profile_name, profiles_file, parallel, count, agents, dry_run, sync)
     else:
         _launch_local(sweep_id, wandb, root_path, gpus, agents, agents_per_gpu, count, stagger, max_restarts,
-                      dry_run, sync)
+                      dry_run, sync, quarantine_after)
 
 
 def _prepare(sweep_id: str, wandb: bool, root: Path, resume: bool, dry_run: bool, sync: bool) -> None:
@@ -85,11 +91,12 @@ def _prepare(sweep_id: str, wandb: bool, root: Path, resume: bool, dry_run: bool
 
 
 def _launch_local(sweep_id: str, wandb: bool, root: Path, gpus: str, agents: int | None, agents_per_gpu: int,
-                  count: int | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool) -> None:
+                  count: int | None, stagger: float, max_restarts: int, dry_run: bool, sync: bool,
+                  quarantine_after: int | None = None) -> None:
     from harness.launch import local
 
     slots = local.plan_agents(sweep_id, local.parse_gpus(gpus), root, agents_per_gpu=agents_per_gpu,
-                              agents=agents, count=count)
+                              agents=agents, count=count, quarantine_after=quarantine_after)
     if dry_run:
         for slot in slots:
             env = " ".join(f"{key}={value!r}" for key, value in slot.env.items())
@@ -109,6 +116,10 @@ def _launch_local(sweep_id: str, wandb: bool, root: Path, gpus: str, agents: int
     if code and not supervisor.stop_signal and supervisor.failed:
         click.echo(f"[launch] failed: {len(supervisor.failed)} of {len(slots)} agent(s) ended abnormally "
                    f"({', '.join(supervisor.failed)}); exit code {code}", err=True)
+    if supervisor.retired:
+        click.echo(f"[launch] retired for sweep {sweep_id} (quarantined GPU): {', '.join(supervisor.retired)}"
+                   + ("; every slot is retired" if len(supervisor.retired) == len(slots) else ""),
+                   err=bool(code))
     if not code and not wandb:
         from harness.sweep.store import Store
 
@@ -146,9 +157,11 @@ def _launch_slurm(sweep_id: str, wandb: bool, root: Path, profile_name: str, pro
         raise LaunchError("--agents with --slurm sets how many `wandb agent` tasks a W&B sweep's job array has; a "
                           "local sweep runs one job per run: say how many at once with --parallel")
     if wandb:
-        plan = slurm.wandb_array_plan(sweep_id, profile, root, tasks=agents, parallel=parallel, count=count)
+        plan = slurm.wandb_array_plan(sweep_id, profile, root, tasks=agents, parallel=parallel, count=count,
+                                      max_array_size=slurm.max_array_size(profile))
         if dry_run:
-            click.echo(f"job array of {plan.tasks} task(s), submitit parameters {plan.parameters}")
+            parts = ", ".join(f"{part.tasks} ({part.parallel} at once)" for part in plan.arrays)
+            click.echo(f"job array of {plan.tasks} task(s) (arrays: {parts}), submitit parameters {plan.parameters}")
             click.echo(f"each task: {' '.join(plan.argv)} (env {plan.env}); logs in {plan.log_dir}")
             return
         slurm.submit_wandb_array(plan, echo=click.echo)

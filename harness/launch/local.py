@@ -16,6 +16,11 @@ launcher reaches a W&B agent as SIGUSR1 (forwarded: the run saves and asks W&B t
 followed by SIGTERM (the agent waits for its run, then exits; the run, already saving, ignores it).
 A W&B agent exits 0 even when it gives up on a sweep whose runs keep failing; the launcher reads its
 log (`wandb_agent_failure`) and counts such an agent as failed, with W&B's reason.
+
+An agent whose GPU is quarantined for the sweep (its runs kept failing at start there while runs
+succeeded on the other GPUs: harness.sweep.quarantine) exits with `EXIT_RETIRED`: the slot is retired,
+never restarted, and the launcher says so; `harness status` shows the GPU. With every slot retired the
+launcher exits 1.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Callable, Mapping, Sequence
 from harness import processes, runfolder
 from harness.errors import LaunchError
 from harness.sweep.ids import is_wandb_sweep
+from harness.sweep.quarantine import EXIT_RETIRED
 
 # What `wandb agent` says when it gives up (it exits 0 all the same), and when it cannot run at all.
 _WANDB_GAVE_UP = re.compile(
@@ -115,6 +121,7 @@ def plan_agents(
     agents: int | None = None,
     count: int | None = None,
     python: str | None = None,
+    quarantine_after: int | None = None,
 ) -> list[AgentSlot]:
     """The agent processes to run: their commands, environments and log files. Starts nothing.
 
@@ -123,6 +130,7 @@ def plan_agents(
     (W&B's own agent, which passes signals on to the run so it can save). W&B fills the sweep
     command's `${interpreter}` with a bare `python`, so a W&B agent's PATH starts with the folder of
     `python` (default: this launcher's interpreter): its runs use the launcher's environment.
+    `quarantine_after`: a local agent's `--quarantine-after` (None: the agent's default).
     """
     python = python or sys.executable
     if agents_per_gpu < 1:
@@ -143,6 +151,8 @@ def plan_agents(
         argv = [python, "-m", "wandb", "agent", "--forward-signals", *count_args, sweep_id]
     else:
         argv = [python, "-m", "harness", "agent", sweep_id, *count_args, "--root", str(root)]
+        if quarantine_after is not None:
+            argv += ["--quarantine-after", str(quarantine_after)]
     wandb = is_wandb_sweep(sweep_id)
     log_dir = runfolder.agents_dir(root, sweep_id)
     slots = []
@@ -199,6 +209,7 @@ class Supervisor:
         self.poll_s = poll_s
         self.signals = processes.SignalFlag((signal.SIGINT, signal.SIGTERM), on_signal=self._forward)
         self.failed: list[str] = []  # slots given up on
+        self.retired: list[str] = []  # slots whose GPU is quarantined for the sweep
 
     @property
     def stop_signal(self) -> int | None:
@@ -247,7 +258,8 @@ class Supervisor:
             self.signals.restore()
         if self.stop_signal:
             return 128 + self.stop_signal
-        return 1 if self.failed else 0
+        every_slot_retired = bool(self.agents) and len(self.retired) == len(self.agents)
+        return 1 if self.failed or every_slot_retired else 0
 
     def _step_until_all_done(self) -> bool:
         self._step()
@@ -305,6 +317,11 @@ class Supervisor:
             self.echo(f"[{name}] wandb agent gave up: {gave_up} (it exits 0 all the same); see {agent.slot.log}")
             agent.done = True
             self.failed.append(name)
+        elif code == EXIT_RETIRED and not agent.slot.wandb:
+            agent.done = True
+            self.retired.append(name)
+            self.echo(f"[{name}] retired: GPU {agent.slot.gpu} is quarantined for this sweep (its runs kept failing "
+                      f"at start; `harness status` shows it); not restarted, {self._left()} slot(s) go on")
         elif code in NO_RESTART_CODES:
             self.echo(f"[{name}] " + ("finished (sweep done or --count reached)" if code == 0
                                       else f"exited with a usage error (code {code}); not restarted: see {agent.slot.log}"))
@@ -321,6 +338,9 @@ class Supervisor:
             agent.restart_at = time.monotonic() + delay
             self.echo(f"[{name}] died (exit code {code}); restarting in {delay:.0f} s "
                       f"({agent.restarts}/{self.max_restarts})")
+
+    def _left(self) -> int:
+        return sum(1 for agent in self.agents if not agent.done)
 
     def _log_since_start(self, agent: _Agent) -> str:
         try:

@@ -12,9 +12,10 @@ import dataclasses
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from harness.errors import ConfigError
+from harness.sweep.quarantine import DEFAULT_AFTER
 
 # The repository's profiles file; `--profiles FILE` or $HARNESS_SLURM_PROFILES point elsewhere.
 DEFAULT_PROFILES = Path(__file__).resolve().parents[2] / "jobs" / "slurm.yaml"
@@ -40,6 +41,17 @@ class Profile:
     python: str = ""  # the Python on the compute nodes; empty: the launcher's own interpreter
     setup: tuple[str, ...] = ()  # shell lines run before each job (module load, conda activate, ...)
     sbatch: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other sbatch option: {name: value}
+    # A node where this many runs in a row failed at start (while runs succeed on others) gets no more jobs
+    # of the sweep (--exclude, with sbatch's own exclude); 0: never (harness.sweep.quarantine).
+    quarantine_after: int = DEFAULT_AFTER
+    # The most tasks in one job array (SLURM's MaxArraySize: indices must be below it); 0: the cluster's own,
+    # read from `scontrol show config`. A W&B sweep's agent array larger than this is split (slurm.split_array).
+    max_array_size: int = 0
+
+    def exclude(self, nodes: Sequence[str] = ()) -> str:
+        """sbatch --exclude: the profile's own (`sbatch: {exclude: ...}`) and `nodes` (the quarantined ones)."""
+        own = str(self.sbatch.get("exclude") or "")  # may be a hostlist (node[01-04]): kept as written
+        return ",".join([own] * bool(own) + sorted(set(nodes)))
 
     def save_timeout_s(self) -> float:
         """How long a job waits for its run to save after SLURM's warning (then kills it and requeues)."""
@@ -122,7 +134,7 @@ def _build(path: Path, name: str, values: Any) -> Profile:
         if key not in profile_keys():
             raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(profile_keys())}")
         checked[key] = _coerce(where, key, value, hints[key])
-    for key in ("gpus_per_job", "max_requeues", "signal_delay_s"):
+    for key in ("gpus_per_job", "max_requeues", "signal_delay_s", "quarantine_after", "max_array_size"):
         if checked.get(key, 0) < 0:
             raise ConfigError(f"{where}: key {key!r} must be >= 0, got {checked[key]}")
     for key in ("cpus_per_job", "time_min", "parallel", "mem_gb"):

@@ -14,6 +14,11 @@ checkpoints and requeues itself (same job id). A run is submitted only while no 
 its folder's lease (harness/run/lease.py); a job whose trainer exits with lease.EXIT_OWNED (75) found
 the folder in use: its run goes back unspent (no attempt counted) and is submitted again later.
 
+Every ended job is an attempt in the store (harness.launch.accounting: its node, wall time and GPUs from
+sacct, the work it lost), recorded with the run's final state in one transaction that applies the
+quarantine rule (harness.sweep.quarantine): a node where runs keep failing at start while they succeed
+elsewhere gets no more jobs (`--exclude`) and the runs it failed are given back.
+
 Restarting the launcher (after Ctrl-C, kill -9, or a lost login node) re-attaches: runs that are
 pending/running with a job id are watched again, never resubmitted; a run claimed but killed before
 its job id was saved is found by its job name (`cs-<run id>`) or, failing that, marked crashed and
@@ -32,12 +37,13 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
 from harness import processes, runfolder
 from harness.errors import LaunchError
-from harness.launch import jobs
+from harness.launch import accounting, jobs
 from harness.launch.profiles import Profile
 from harness.run import lease
 
@@ -62,6 +68,10 @@ PREEMPTED_GRACE_S = 60.0  # a job PREEMPTED for this long is not being requeued 
 OUTAGE_BACKOFF_MAX_S = 30.0  # polls slow down to this while the scheduler does not answer
 SUBMIT_TRIES = 4  # sbatch attempts per run (back-off 2, 4, 8 s) before the launcher stops submitting
 CANCEL_CONFIRM_S = 120.0  # how long to wait for SLURM to confirm a cancelled job is gone before saying so
+# SLURM's default MaxArraySize (array indices 0..1000): what a cluster whose `scontrol show config` does not
+# answer is taken to allow.
+DEFAULT_MAX_ARRAY_SIZE = 1001
+ACCOUNTING_WAIT_S = 20.0  # at the end, how long to wait for slurmdbd to record the last jobs' cost
 
 
 def unknown_job_grace_s() -> float:
@@ -161,6 +171,8 @@ class SlurmController:
         self.outage_since: float | None = None  # the scheduler has not answered since then
         self.submit_error: str | None = None  # sbatch kept failing: no more submissions
         self.unknown_grace_s = unknown_job_grace_s()
+        # Each ended job's attempt (node, cost) and the sweep's quarantined nodes (kept out with --exclude).
+        self.ledger = accounting.Ledger(store, sweep_id, profile, echo)
 
     # -- public ------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -204,6 +216,7 @@ class SlurmController:
         announced = False
         while True:
             self._poll()
+            self.ledger.settle()  # the accounting of ended jobs, once slurmdbd has it (one sacct call)
             if self.stop_signal:
                 return 0
             sweep = self.store.get_sweep(self.sweep_id)
@@ -262,7 +275,7 @@ class SlurmController:
         executor = self._get_executor()
         job_callable = training_job(sweep, run, self.root, python=self.python,
                                     save_timeout_s=self.profile.save_timeout_s())
-        executor.update_parameters(name=f"{JOB_PREFIX}{run.id}")
+        executor.update_parameters(name=f"{JOB_PREFIX}{run.id}", **self.ledger.submit_parameters())
         job = None
         for attempt in range(1, SUBMIT_TRIES + 1):
             try:
@@ -286,7 +299,9 @@ class SlurmController:
         self.in_flight[run.id] = _InFlight(run.id, job, self._run_folder(run.id), submitted=time.time())
         params = " ".join(f"{key}={value}" for key, value in run.config.items())
         what = f"resumes (attempt {run.attempts})" if run.attempts > 1 else "new"
-        self.echo(f"[slurm] job {job.job_id}: run {run.id} ({what}) {params}")
+        excluded = self.ledger.excluded
+        away = f" (not on quarantined {', '.join(excluded)})" if excluded else ""
+        self.echo(f"[slurm] job {job.job_id}: run {run.id} ({what}) {params}{away}")
 
     def _poll(self) -> None:
         if not self.in_flight:
@@ -396,58 +411,62 @@ class SlurmController:
         item.job.cancel(check=False)  # scancel: SIGTERM to the run, which saves and exits
 
     def _finish(self, item: _InFlight, job_state: str | None) -> None:
-        from harness.sweep import outcome
-
         self._sync(item)
         summary = runfolder.read_summary(item.folder)
-        exit_code = None
-        error = ""
-        if _result_exists(item.job):
-            try:
-                result = item.job.result()
-                exit_code = int(result["exit_code"]) if isinstance(result, dict) else int(result)
-            except Exception as failure:  # the job's own Python failed (not the run): keep its message
-                error = str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
+        exit_code, error = _job_exit(item.job)
         placement = jobs.read_placement(item.folder)
         started_here = bool(placement) and str(placement.get("job_id")) == str(item.job.job_id)
+        here = placement if started_here else None
         outside = exit_code is None and (job_state or "").split(" ")[0] in OUTSIDE_END_STATES
         if exit_code == lease.EXIT_OWNED:
             # The job's trainer found the folder's lease held by another live process: not a crash,
             # no attempt spent; it is submitted again once the lease is free.
             self.store.release_run(item.run_id, AGENT)
+            self.ledger.job_given_back(item.run_id, item.job.job_id, exit_code, here, item.submitted)
             del self.in_flight[item.run_id]
             self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} found its folder owned by another process "
                       f"(exit {exit_code}): given back, no attempt spent")
             return
-        if exit_code is not None:
-            state = outcome.final_state(exit_code, summary, stop_requested=item.stop_reason is not None)
-            self.job_failures = 0
-        elif summary and summary.get("status") == "finished":
-            state = "finished"
-        elif item.stop_reason is not None:
-            state = "stopped"
-        elif outside:
-            # Cancelled by someone else, preempted, node lost: not the run's failure nor a broken setup,
-            # even when it came before the job started the run (found by the chaos test: such a run
-            # used to be marked failed for good). A new job resumes it from its folder.
-            state = "preempted"
-        elif not started_here:
-            # The job never started the run: its setup, Python or node is broken, or its job step was
-            # killed (found by the chaos test: kill -9 of a job step before its run began left the run
-            # failed for good). Not the run's own bug: crashed, one attempt spent, submitted again; three
-            # such jobs in a row stop the submitting (a broken setup fails every job).
-            state = "crashed"
-            self.job_failures += 1
-            error = error or f"job {item.job.job_id} ended ({job_state or 'unknown'}) before starting the run"
-        else:
-            state = "preempted"  # killed from outside mid-run: a new job resumes it from its folder
-        self.store.finish_run(item.run_id, state, summary, exit_code=exit_code, agent=AGENT, own_failure=not outside)
+        state, error = self._end_state(item, job_state, summary, exit_code, error, started_here, outside)
+        # The run's state and its attempt (node, wall time, GPU-hours) in one transaction, which also applies
+        # the quarantine rule: a node where runs keep failing at start gets no more jobs.
+        result = self.ledger.job_ended(item.run_id, item.job.job_id, state, summary, exit_code,
+                                       own_failure=not outside, placement=here, submitted=item.submitted)
+        if result.quarantined or result.at_quarantined_place:
+            self.job_failures = 0  # those failures were a quarantined node's, not a broken setup's
         del self.in_flight[item.run_id]
         best = self.store.get_run(item.run_id).best_metric
         metric = f", best {best:.4g}" if best is not None else ""
         detail = f": {error} (see {item.job.paths.stderr})" if error else ""
         self.echo(f"[slurm] job {item.job.job_id}: run {item.run_id} {state} "
                   f"(job {job_state or 'done'}, exit {exit_code}){metric}{detail}")
+        self.ledger.report(result)
+
+    def _end_state(self, item: _InFlight, job_state: str | None, summary: dict | None, exit_code: int | None,
+                   error: str, started_here: bool, outside: bool) -> tuple[str, str]:
+        """The run's final state after its job ended, and what to say about it."""
+        from harness.sweep import outcome
+
+        if exit_code is not None:
+            self.job_failures = 0
+            return outcome.final_state(exit_code, summary, stop_requested=item.stop_reason is not None), error
+        if summary and summary.get("status") == "finished":
+            return "finished", error
+        if item.stop_reason is not None:
+            return "stopped", error
+        if outside:
+            # Cancelled by someone else, preempted, node lost: not the run's failure nor a broken setup,
+            # even when it came before the job started the run (found by the chaos test: such a run
+            # used to be marked failed for good). A new job resumes it from its folder.
+            return "preempted", error
+        if not started_here:
+            # The job never started the run: its setup, Python or node is broken, or its job step was
+            # killed (found by the chaos test: kill -9 of a job step before its run began left the run
+            # failed for good). Not the run's own bug: crashed, one attempt spent, submitted again; three
+            # such jobs in a row stop the submitting (a broken setup fails every job).
+            self.job_failures += 1
+            return "crashed", error or f"job {item.job.job_id} ended ({job_state or 'unknown'}) before starting the run"
+        return "preempted", error  # killed from outside mid-run: a new job resumes it from its folder
 
     def _cancelled_and_gone(self, item: _InFlight, now: float) -> bool:
         if item.cancel_sent is None:
@@ -534,6 +553,9 @@ class SlurmController:
         counts = self.store.counts(self.sweep_id)
         summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
         self.echo(f"[slurm] sweep {self.sweep_id} is {status.outcome(sweep, counts)}: {summary or 'no runs'}")
+        self.ledger.settle(wait_s=ACCOUNTING_WAIT_S)
+        for line in status.cost_lines(self.store, sweep):
+            self.echo(f"[slurm] {line}")
 
     @property
     def stop_signal(self) -> int | None:
@@ -608,6 +630,17 @@ def _result_exists(job: Any) -> bool:
     return job.paths.result_pickle.exists()
 
 
+def _job_exit(job: Any) -> tuple[int | None, str]:
+    """(the run's exit code from the job's result, or None without one; the job's own error, if it raised)."""
+    if not _result_exists(job):
+        return None, ""
+    try:
+        result = job.result()
+        return (int(result["exit_code"]) if isinstance(result, dict) else int(result)), ""
+    except Exception as failure:  # the job's own Python failed (not the run): keep its message
+        return None, str(failure).strip().splitlines()[-1] if str(failure).strip() else type(failure).__name__
+
+
 # --- W&B sweeps: a job array of agents -------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class WandbArrayPlan:
@@ -621,16 +654,65 @@ class WandbArrayPlan:
     env: dict[str, str]
     log_dir: Path
     save_timeout_s: float = 240.0  # how long a task waits for its agent's run to save after SLURM's warning
+    # The arrays actually submitted (`tasks` split to fit the cluster's MaxArraySize), in order.
+    arrays: tuple[ArrayPart, ...] = ()
+
+
+class ArrayPart(typing.NamedTuple):
+    """One job array of a split: its tasks are the agents first .. first + tasks - 1, at most `parallel` at once."""
+
+    first: int
+    tasks: int
+    parallel: int
+
+
+def split_array(tasks: int, max_array_size: int, parallel: int) -> tuple[ArrayPart, ...]:
+    """Pure: `tasks` agents as job arrays of at most `max_array_size` tasks each (SLURM's rule: indices below
+    MaxArraySize; submitit numbers each array from 0), `parallel` shared between them so that the total in
+    flight stays `parallel` (each array runs at least one: more arrays than `parallel` exceed it)."""
+    if max_array_size < 1:
+        raise LaunchError(f"this cluster allows no job arrays (MaxArraySize={max_array_size}); a W&B sweep on "
+                          "SLURM is a job array of agents")
+    sizes = [min(max_array_size, tasks - first) for first in range(0, tasks, max_array_size)]
+    # One each, the rest in proportion to each array's other tasks (largest remainders first): the agents start
+    # at the same pace in every array, and the shares add up to `parallel` exactly.
+    rest, spare = max(0, min(parallel, tasks) - len(sizes)), tasks - len(sizes)
+    shares = [1 + (rest * (size - 1) // spare if spare else 0) for size in sizes]
+    by_remainder = sorted(range(len(sizes)), key=lambda index: -(rest * (sizes[index] - 1) % max(spare, 1)))
+    for index in by_remainder[:len(sizes) + rest - sum(shares)]:
+        shares[index] += 1
+    firsts = [sum(sizes[:position]) for position in range(len(sizes))]
+    return tuple(ArrayPart(first, size, share) for first, size, share in zip(firsts, sizes, shares))
+
+
+def max_array_size(profile: Profile) -> int:
+    """The most tasks in one job array here: the profile's `max_array_size`, else the cluster's MaxArraySize
+    (`scontrol show config`), else SLURM's default."""
+    if profile.max_array_size:
+        return profile.max_array_size
+    try:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    for line in shown.stdout.splitlines() if shown.returncode == 0 else ():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return int(value.strip())
+    return DEFAULT_MAX_ARRAY_SIZE
 
 
 def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int | None = None,
-                     parallel: int | None = None, count: int | None = None, python: str | None = None) -> WandbArrayPlan:
-    """Pure: the job array for a W&B sweep (`entity/project/id`), `tasks` agents (default: parallel)."""
+                     parallel: int | None = None, count: int | None = None, python: str | None = None,
+                     max_array_size: int | None = None) -> WandbArrayPlan:
+    """Pure: the job array for a W&B sweep (`entity/project/id`), `tasks` agents (default: parallel), split
+    into arrays of at most `max_array_size` (default: the profile's, else SLURM's default; the launcher passes
+    the cluster's)."""
     python = python or profile.python or sys.executable
     parallel = parallel or profile.parallel
     tasks = tasks or parallel
     if tasks < 1:
         raise LaunchError(f"a W&B sweep on SLURM needs at least one task, got {tasks}")
+    arrays = split_array(tasks, max_array_size or profile.max_array_size or DEFAULT_MAX_ARRAY_SIZE, parallel)
     count_args = ("--count", str(count)) if count is not None else ()
     argv = (python, "-m", "wandb", "agent", "--forward-signals", *count_args, sweep_path)
     parameters = profile.submitit_parameters(parallel)
@@ -641,19 +723,25 @@ def wandb_array_plan(sweep_path: str, profile: Profile, root: Path, tasks: int |
     return WandbArrayPlan(folder=runfolder.slurm_dir(root, sweep_path), executor_arguments=profile.executor_arguments(),
                           parameters=parameters, tasks=tasks, argv=argv,
                           env=env, log_dir=runfolder.agents_dir(root, sweep_path),
-                          save_timeout_s=profile.save_timeout_s())
+                          save_timeout_s=profile.save_timeout_s(), arrays=arrays)
 
 
 def submit_wandb_array(plan: WandbArrayPlan, echo: Callable[[str], None] = print) -> list[Any]:
-    """Submit the plan's job array (`executor.map_array`); returns the submitit jobs."""
+    """Submit the plan's job arrays (`executor.map_array`, one per part of the split); returns the submitit jobs.
+
+    Each task gets its agent's number (first .. first + tasks - 1 of its part): its log is wandb-agent-N.log."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=plan.folder, cluster="slurm", **plan.executor_arguments)
     executor.update_parameters(**plan.parameters)
     task = jobs.WandbAgentTask(plan.argv, plan.env, workdir=os.getcwd(), log_dir=str(plan.log_dir),
                                save_timeout_s=plan.save_timeout_s)
-    array = executor.map_array(task, list(range(plan.tasks)))
+    array: list[Any] = []
+    for part in plan.arrays or (ArrayPart(0, plan.tasks, plan.parameters["slurm_array_parallelism"]),):
+        executor.update_parameters(slurm_array_parallelism=part.parallel)
+        array.extend(executor.map_array(task, list(range(part.first, part.first + part.tasks))))
     ids = ", ".join(job.job_id for job in array)
-    echo(f"[slurm] W&B sweep: job array of {plan.tasks} `wandb agent` task(s): {ids}")
+    split = f" in {len(plan.arrays)} arrays (MaxArraySize)" if len(plan.arrays) > 1 else ""
+    echo(f"[slurm] W&B sweep: job array of {plan.tasks} `wandb agent` task(s){split}: {ids}")
     echo(f"[slurm] watch: squeue -u $USER; sacct -X -o JobID,State,Elapsed; agent logs in {plan.log_dir}")
     return array

@@ -23,6 +23,12 @@ for, heartbeating the claim all the while so no other agent takes it, and killed
 period; a live holder on another host makes the agent give the run back unspent
 (`Store.release_run`). A child that exits with lease.EXIT_OWNED (75: it lost the race for the
 lease) is handled the same way: not a crash, no attempt spent.
+
+Every child is one attempt record in the store (harness.sweep.attempts: where, how it ended, wall time,
+GPUs, GPU-hours, work lost), written with the run's final state in one transaction that also applies the
+quarantine rule (harness.sweep.quarantine): a GPU whose runs keep failing at start is retired for the
+sweep. An agent whose GPU is retired claims nothing more and exits with quarantine.EXIT_RETIRED, which
+its launcher does not restart.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ from typing import Callable
 
 from harness import processes, runfolder
 from harness.run import lease as lease_module
-from harness.sweep import engine, outcome, spec as sweep_spec
-from harness.sweep.states import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES
-from harness.sweep.store import Run, Store, Sweep
+from harness.sweep import engine, outcome, quarantine, spec as sweep_spec
+from harness.sweep.attempts import RELEASED, Attempt, Segment, gpu_count, segment_costs
+from harness.sweep.states import DEFAULT_MAX_ATTEMPTS
+from harness.sweep.store import AttemptResult, Run, Store, Sweep
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_STALE_AFTER_S = 120.0
@@ -60,55 +67,69 @@ def run_agent(
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     kill_grace_s: float = DEFAULT_KILL_GRACE_S,
+    quarantine_after: int = quarantine.DEFAULT_AFTER,
     echo: Callable[[str], None] | None = None,
 ) -> int:
     """Run sweep runs until the sweep ends (or `count` runs); returns the agent's exit code.
 
     0 when the sweep ended (finished, stopped, grid exhausted, run_cap) or `count` runs were done;
-    128 + N when signal N stopped it (its run, if any, was left preempted for another agent).
+    128 + N when signal N stopped it (its run, if any, was left preempted for another agent);
+    quarantine.EXIT_RETIRED when its GPU is quarantined for the sweep (`quarantine_after`: 0 never).
     `gpu`: the CUDA_VISIBLE_DEVICES to give runs (default: the agent's own, inherited) and to record.
     """
     store = Store(root)
-    sweep = store.get_sweep(sweep_id)
+    store.get_sweep(sweep_id)  # an unknown id: SweepError naming the known ones
     host = socket.gethostname()
     agent = processes.agent_id(host, os.getpid())
     gpu = gpu if gpu is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
     say = echo or (lambda line: print(f"[agent {agent}] {line}", file=sys.stderr, flush=True))
     signals = processes.SignalFlag().install()
     done = 0
-    waiting_said = ""
+    waiting_said: str | None = ""
+    retired = False
     try:
         while not signals.count and (count is None or done < count):
+            if quarantine_after and _retired(store, sweep_id, host, gpu, say):
+                retired = True
+                break
             crashed = store.mark_stale(sweep_id, stale_after_s, host=host)
             if crashed:
                 say(f"their agent is gone (no heartbeat for {stale_after_s:g} s, or its process ended on this "
                     f"host): marked crashed {', '.join(crashed)}")
             run = store.claim_run(sweep_id, agent=agent, host=host, gpu=gpu, max_attempts=max_attempts)
             if run is None:
-                sweep = store.get_sweep(sweep_id)
-                reason = _idle_reason(store, sweep, max_attempts)
-                if reason is None:
-                    say(f"sweep {sweep_id} is {sweep.state}; {done} run(s) done here")
+                waiting_said = _idle(store, sweep_id, max_attempts, done, waiting_said, say)
+                if waiting_said is None:
                     break
-                if reason != waiting_said:
-                    say(f"waiting: {reason}")
-                    waiting_said = reason
                 # Idle agents poll slowly (each poll is a claim), but often enough to catch a stale run soon.
-                idle_s = max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4))
-                processes.sleep_unless(idle_s, lambda: signals.count)
+                processes.sleep_unless(max(poll_s, min(2.0, heartbeat_s * 5, stale_after_s / 4)), lambda: signals.count)
                 continue
             waiting_said = ""
             done += 1
-            _run_one(store, sweep, run, agent, gpu, signals, say,
-                     heartbeat_s=heartbeat_s, poll_s=poll_s, kill_grace_s=kill_grace_s)
-            sweep = store.get_sweep(sweep_id)
+            _run_one(store, store.get_sweep(sweep_id), run, agent, gpu, signals, say, heartbeat_s=heartbeat_s,
+                     poll_s=poll_s, kill_grace_s=kill_grace_s, quarantine_after=quarantine_after)
     finally:
         signals.restore()
         store.close()
-    if signals.count:
-        say(f"stopped by signal {signals.last}")
-        return 128 + int(signals.last or signal.SIGTERM)
+    if retired or signals.count:
+        return quarantine.EXIT_RETIRED if retired else _stopped_by(signals, say)
     return 0
+
+
+def _stopped_by(signals: processes.SignalFlag, say: Callable[[str], None]) -> int:
+    say(f"stopped by signal {signals.last}")
+    return 128 + int(signals.last or signal.SIGTERM)
+
+
+def _idle(store: Store, sweep_id: str, max_attempts: int, done: int, said: str, say: Callable[[str], None]) -> str | None:
+    """No run to claim: the reason to wait (said when it changes), or None to exit (said too)."""
+    sweep = store.get_sweep(sweep_id)
+    reason = _idle_reason(store, sweep, max_attempts)
+    if reason is None:
+        say(f"sweep {sweep_id} is {sweep.state}; {done} run(s) done here")
+    elif reason != said:
+        say(f"waiting: {reason}")
+    return reason
 
 
 def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
@@ -117,17 +138,27 @@ def _idle_reason(store: Store, sweep: Sweep, max_attempts: int) -> str | None:
         return f"sweep {sweep.id} is paused (`harness sweep resume {sweep.id}`)"
     if sweep.state != "running":
         return None
-    runs = store.runs(sweep.id)
-    active = [run for run in runs if run.state in ACTIVE_STATES]
-    resumable = [run for run in runs if run.state in RESUMABLE_STATES and run.failures < max_attempts]
+    active, resumable = store.unfinished(sweep.id, max_attempts)  # counted in SQL: idle agents poll often
     if active or resumable:
         # Those may still crash or be preempted; stay to resume them.
-        return f"no new run to hand out; {len(active)} run(s) still active elsewhere"
+        return f"no new run to hand out; {active} run(s) still active elsewhere"
     return None
 
 
+def _retired(store: Store, sweep_id: str, host: str, gpu: str | None, say: Callable[[str], None]) -> bool:
+    """Whether this agent's GPU is quarantined for the sweep (then it says so and claims nothing)."""
+    place = quarantine.agent_place(host, gpu)
+    found = [item for item in store.quarantined(sweep_id) if item.place == place] if place else []
+    if found:
+        since = time.strftime("%H:%M:%S", time.localtime(found[0].since))
+        say(f"GPU {gpu} is retired for sweep {sweep_id} since {since} ({found[0].describe()}): claiming no more "
+            f"runs (`harness sweep unquarantine --sweep {sweep_id} '{place}'` gives it back)")
+    return bool(found)
+
+
 def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, signals: processes.SignalFlag,
-             say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float) -> str | None:
+             say: Callable[[str], None], *, heartbeat_s: float, poll_s: float, kill_grace_s: float,
+             quarantine_after: int = quarantine.DEFAULT_AFTER) -> str | None:
     """Start, watch and record one run; returns its final state (None if another agent or process owns it)."""
     folder = runfolder.run_dir(store.root, sweep.id, run.id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +169,7 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
     cwd = sweep.workdir if sweep.workdir and Path(sweep.workdir).is_dir() else os.getcwd()
     params = " ".join(f"{key}={value}" for key, value in run.config.items())
     say(f"run {run.id} (#{run.seq}, attempt {run.attempts}): {params} -> {folder / runfolder.OUTPUT_FILE}")
-    started = time.monotonic()
+    started = time.time()
     with open(folder / runfolder.OUTPUT_FILE, "ab") as log:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {run.attempts} by agent {agent}: "
                   f"{' '.join(argv)}\n".encode())
@@ -157,25 +188,56 @@ def _run_one(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, 
                    kill_grace_s=kill_grace_s)
     exit_code = watch.wait(poll_s)
     watch.sync_metrics()
-    summary = runfolder.read_summary(folder)
+    return _record_end(store, sweep, run, agent, gpu, watch, exit_code, started, say, quarantine_after, kill_grace_s)
+
+
+def _record_end(store: Store, sweep: Sweep, run: Run, agent: str, gpu: str | None, watch: "_Watch", exit_code: int,
+                started: float, say: Callable[[str], None], quarantine_after: int, kill_grace_s: float) -> str | None:
+    """The child exited: its attempt and the run's final state into the store; returns the state (None: not ours)."""
+    summary = runfolder.read_summary(watch.folder)
+    host = socket.gethostname()
+
+    def attempt(state: str, own_failure: bool) -> Attempt:
+        return _attempt(sweep.id, run, host, gpu, Segment(started, time.time(), host), state, exit_code,
+                        own_failure, watch.folder)
+
     if watch.lost:
+        store.add_attempt(attempt("lost", False), quarantine_after)
         say(f"run {run.id} was taken over by another agent; its child exited {exit_code}")
         return None
     if exit_code == lease_module.EXIT_OWNED:
         # The child found the folder's lease held by another live process and touched nothing.
         store.release_run(run.id, agent)
+        store.add_attempt(attempt(RELEASED, False), quarantine_after)
         say(f"run {run.id}: its folder is another process's (exit {exit_code}): given back, no attempt spent")
-        processes.sleep_unless(min(5.0, kill_grace_s), lambda: signals.count)  # do not claim it straight back
+        processes.sleep_unless(min(5.0, kill_grace_s), lambda: watch.signals.count)  # do not claim it straight back
         return None
     state = outcome.final_state(exit_code, summary, stop_requested=watch.stop_reason is not None,
                                 preempt_requested=watch.forwarded)
     # A signal the agent forwarded (Ctrl-C of the launcher, SIGTERM) is not the run's failure.
-    store.finish_run(run.id, state, summary, exit_code=exit_code, agent=agent, own_failure=not watch.forwarded)
+    result = store.finish_attempt(run.id, state, attempt(state, not watch.forwarded), summary, exit_code=exit_code,
+                                  agent=agent, own_failure=not watch.forwarded, quarantine_after=quarantine_after)
     best = store.get_run(run.id).best_metric
     metric = f", {sweep.metric_name} best {best:.4g}" if best is not None and sweep.metric_name else ""
     why = f" ({watch.stop_reason})" if watch.stop_reason and state == "stopped" else ""
-    say(f"run {run.id} {state}{why} after {time.monotonic() - started:.1f} s (exit {exit_code}){metric}")
+    say(f"run {run.id} {state}{why} after {time.time() - started:.1f} s (exit {exit_code}){metric}")
+    _say_quarantine(result, say)
     return state
+
+
+def _attempt(sweep_id: str, run: Run, host: str, gpu: str | None, segment: Segment, state: str, exit_code: int | None,
+             own_failure: bool, folder: Path) -> Attempt:
+    """One child process of a run as an attempt record: its GPUs are the ids the agent gave it (none: CPU)."""
+    wall, lost, new_epochs = segment_costs([segment], runfolder.epoch_times(folder), finished=state == "finished")
+    return Attempt(sweep_id, run.id, run.attempts, "agent", host, gpu or None, None, state, exit_code, own_failure,
+                   new_epochs, float(gpu_count(gpu)), (segment,), wall, lost)
+
+
+def _say_quarantine(result: AttemptResult, say: Callable[[str], None]) -> None:
+    for found in result.quarantined:
+        say(f"quarantined {found.describe()}, while runs succeed elsewhere: its agents claim no more runs")
+    if result.given_back:
+        say(f"given back (failed at start only at quarantined places; resumed elsewhere): {', '.join(result.given_back)}")
 
 
 class _Watch:
@@ -231,6 +293,8 @@ class _Watch:
             self._kill()
 
     def _hyperband(self) -> None:
+        if not self.sweep.spec.get("early_terminate"):
+            return  # nothing to ask: spared reading every run of the sweep at each new epoch
         try:
             to_stop = engine.runs_to_stop(self.sweep.spec, self.store.runs(self.sweep.id))
         except ValueError as error:  # a malformed early_terminate section: report once, carry on

@@ -142,6 +142,31 @@ def _state_command(name: str, state: str, doc: str):
     return command
 
 
+@sweep_group.command("unquarantine")
+@sweep_option(bare=False)
+@click.argument("place", required=False)
+@root_option
+@store_option
+def unquarantine_command(sweep_id: str, place: str | None, root: str | None) -> None:
+    """Give a quarantined PLACE (a node, or `HOST GPU G`) back to the sweep (--sweep ID); without PLACE: list them.
+
+    A running SLURM launcher sends jobs there again from its next submission; on a box, restart the launcher
+    (`--resume`) to start that GPU's agent again.
+    """
+    from harness.sweep.store import Store
+
+    with Store(root) as store:
+        store.get_sweep(sweep_id)
+        if place is None:
+            found = store.quarantined(sweep_id)
+            click.echo("\n".join(item.describe() for item in found) or f"nothing is quarantined for sweep {sweep_id}")
+            return
+        if not store.lift_quarantine(sweep_id, place):
+            known = ", ".join(repr(item.place) for item in store.quarantined(sweep_id)) or "none"
+            raise SweepError(f"{place!r} is not quarantined for sweep {sweep_id} (quarantined: {known})")
+    click.echo(f"{place} is given back to sweep {sweep_id}")
+
+
 _state_command("stop", "stopped", "Stop a sweep (--sweep ID): no new runs, and agents stop their running runs.")
 _state_command("pause", "paused", "Pause a sweep (--sweep ID): no new runs; running runs go on.")
 _state_command("resume", "running", "Resume a paused or stopped sweep (--sweep ID).")
@@ -161,10 +186,13 @@ _state_command("resume", "running", "Resume a paused or stopped sweep (--sweep I
               help="claims per run, first one included, before a crashed run is given up [5]")
 @click.option("--kill-grace", "kill_grace_s", type=float, default=None,
               help="seconds a run gets to exit after SIGTERM before SIGKILL [120]")
+@click.option("--quarantine-after", type=click.IntRange(min=0), default=None,
+              help="retire this agent's GPU for the sweep after this many runs in a row failed at start on it "
+                   "while runs succeed elsewhere (0: never) [3]")
 @click.pass_context
 def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: str | None, gpu: str | None,
                   heartbeat_s: float | None, stale_after_s: float | None, poll_s: float | None,
-                  max_attempts: int | None, kill_grace_s: float | None) -> None:
+                  max_attempts: int | None, kill_grace_s: float | None, quarantine_after: int | None) -> None:
     """Run runs of a local sweep (--sweep ID), one at a time, until it ends (or --count runs)."""
     from harness.sweep import agent
 
@@ -172,7 +200,7 @@ def agent_command(ctx: click.Context, sweep_id: str, count: int | None, root: st
         raise SweepError(f"{sweep_id} looks like a W&B sweep path: run it with `wandb agent --forward-signals "
                          f"{sweep_id}` or `python -m harness.launch --gpus 0 --sweep {sweep_id}`")
     options = {"heartbeat_s": heartbeat_s, "stale_after_s": stale_after_s, "poll_s": poll_s,
-               "max_attempts": max_attempts, "kill_grace_s": kill_grace_s}
+               "max_attempts": max_attempts, "kill_grace_s": kill_grace_s, "quarantine_after": quarantine_after}
     code = agent.run_agent(sweep_id, root=root, count=count, gpu=gpu,
                            **{key: value for key, value in options.items() if value is not None})
     ctx.exit(code)

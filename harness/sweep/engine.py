@@ -2,6 +2,7 @@
 propose and stop runs, so every path does it the same way:
 - `propose(spec, runs)`: the next parameters from `sweeps.next_run`, given every run of the sweep;
 - `runs_to_stop(spec, runs)`: hyperband (`sweeps.stop_runs`) over the runs' metric histories;
+- `suggest(spec, sweep_runs)`: `propose` on runs already converted (`sweep_run`, kept by the store between claims);
 - `grid_size(spec)`, `load_engine()`, `engine_runs(...)`.
 
 How our run states reach the engine (its `RunState`): running and pending as they are (so random
@@ -55,19 +56,21 @@ def engine_state(run: EngineRun, max_attempts: int) -> str:
 
 def engine_runs(runs: Sequence[EngineRun], metric_name: str | None, max_attempts: int) -> list[Any]:
     """Our runs as `sweeps.SweepRun`s, with only the sweep metric in their history (all the engine reads)."""
+    return [sweep_run(run, metric_name, max_attempts) for run in runs]
+
+
+def sweep_run(run: EngineRun, metric_name: str | None, max_attempts: int) -> Any:
+    """One run as a `sweeps.SweepRun` (a pydantic model: the store keeps them between claims, harness.sweep.store)."""
     sweeps = import_engine()
-    converted = []
-    for run in runs:
-        history = [{metric_name: value} for value in run.metric_values] if metric_name else []
-        summary = {metric_name: run.metric_values[-1]} if metric_name and run.metric_values else {}
-        converted.append(sweeps.SweepRun(
-            name=run.id,
-            state=engine_state(run, max_attempts),
-            config={key: {"value": value} for key, value in run.config.items()},
-            history=history,
-            summary_metrics=summary,
-        ))
-    return converted
+    history = [{metric_name: value} for value in run.metric_values] if metric_name else []
+    summary = {metric_name: run.metric_values[-1]} if metric_name and run.metric_values else {}
+    return sweeps.SweepRun(
+        name=run.id,
+        state=engine_state(run, max_attempts),
+        config={key: {"value": value} for key, value in run.config.items()},
+        history=history,
+        summary_metrics=summary,
+    )
 
 
 def propose(spec: Mapping[str, Any], runs: Sequence[EngineRun],
@@ -77,12 +80,17 @@ def propose(spec: Mapping[str, Any], runs: Sequence[EngineRun],
     Parameters come back flat ({"learning_rate": 0.001}), in the order of the sweep file, as plain
     Python values (the engine may hand out NumPy scalars).
     """
-    sweeps = import_engine()
     metric_name, _ = sweep_metric(spec)
+    return suggest(spec, engine_runs(runs, metric_name, max_attempts))
+
+
+def suggest(spec: Mapping[str, Any], sweep_runs: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """`propose` on runs already converted (`sweep_run`); the engine only reads them."""
+    sweeps = import_engine()
     with warnings.catch_warnings():
         # The GP's fit reports length scales at their bounds on every proposal; it is noise in agent logs.
         warnings.filterwarnings("ignore", message="The optimal value found for dimension")
-        suggestion = sweeps.next_run(dict(spec), engine_runs(runs, metric_name, max_attempts))
+        suggestion = sweeps.next_run(dict(spec), list(sweep_runs))
     if suggestion is None:
         return None
     order = list((spec.get("parameters") or {}).keys())

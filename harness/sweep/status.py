@@ -1,4 +1,6 @@
-"""`harness status`: a sweep's runs as a table, best first, with counts per state."""
+"""`harness status`: a sweep's runs as a table, best first, with counts per state, what the sweep cost
+(GPU-hours of its ended attempts, useful vs lost, the best metric against the GPU-hours spent) and its
+quarantined places (nodes, GPUs)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import math
 import time
 from typing import Any
 
+from harness.sweep import attempts as attempt_costs
 from harness.sweep.spec import swept_keys
 from harness.sweep.states import ACTIVE_STATES, RUN_STATES
 from harness.sweep.store import Run, Store, Sweep
@@ -61,6 +64,8 @@ def status_text(store: Store, sweep_id: str, now: float | None = None, limit: in
         + f"; created {time.strftime('%Y-%m-%d %H:%M', time.localtime(sweep.created))} in {sweep.workdir}",
         "runs: " + ", ".join(f"{counts[state]} {state}" for state in RUN_STATES if counts[state]) if runs
         else "runs: none yet (start one with `harness agent " + sweep.id + "`)",
+        *cost_lines(store, sweep),
+        *quarantine_lines(store, sweep.id),
     ]
     shown = runs if limit is None else runs[:limit]
     columns = ["#", "run", "state", metric, "epoch", *keys, "gpu", "host", "beat", "try"]
@@ -70,6 +75,35 @@ def status_text(store: Store, sweep_id: str, now: float | None = None, limit: in
     if limit is not None and len(runs) > limit:
         lines.append(f"... and {len(runs) - limit} more")
     return "\n".join(lines)
+
+
+def cost_lines(store: Store, sweep: Sweep, improvements: int = 4) -> list[str]:
+    """What the sweep's ended attempts cost, and its best metric against the GPU-hours spent (none: no lines)."""
+    attempts = store.attempts(sweep.id)
+    if not attempts:
+        return []
+    cost = attempt_costs.sweep_cost(attempts)
+    cpu = f"; CPU attempts {_hours(cost.cpu_wall_hours)} wall-h (0 GPU-h)" if cost.cpu_wall_hours else ""
+    pending = f"; {cost.pending} awaiting SLURM's accounting (launcher's times)" if cost.pending else ""
+    lines = [f"cost: {_hours(cost.gpu_hours)} GPU-h in {cost.attempts} attempt(s): {_hours(cost.useful_gpu_hours)} "
+             f"useful, {_hours(cost.lost_gpu_hours)} lost ({cost.interrupted} attempt(s) cut short){cpu}{pending}"]
+    points = attempt_costs.best_by_cost(attempts, sweep.goal)
+    if points:
+        axis = attempt_costs.cost_axis(attempts)
+        shown = ", ".join(f"{value:.4g} at {_hours(spent)}" for spent, value, _ in points[-improvements:])
+        lines.append(f"best {sweep.metric_name or 'metric'} by {axis} spent: {shown} (run {points[-1][2]})")
+    return lines
+
+
+def quarantine_lines(store: Store, sweep_id: str) -> list[str]:
+    """One line per quarantined node or retired GPU of the sweep."""
+    return [f"quarantined: {found.describe()}; since {time.strftime('%H:%M:%S', time.localtime(found.since))}, "
+            + ("no job goes there (--exclude)" if found.gpu is None else "its agents claim no runs")
+            for found in store.quarantined(sweep_id)]
+
+
+def _hours(value: float) -> str:
+    return f"{value:.3g}" if value >= 0.001 or value == 0 else f"{value:.2e}"
 
 
 def sweeps_text(store: Store) -> str:

@@ -29,13 +29,14 @@ from typing import Any, Iterator, Mapping, Sequence
 from harness import processes
 from harness.errors import SweepError
 from harness.io import runs_root
-from harness.sweep import engine
+from harness.sweep import engine, quarantine
+from harness.sweep.attempts import START_FAILURE, SUCCESS, Attempt, from_row, to_row
 from harness.sweep.spec import sweep_metric
 from harness.sweep.states import ACTIVE_STATES, DEFAULT_MAX_ATTEMPTS, RESUMABLE_STATES, RUN_STATES, SWEEP_STATES
 
 DB_NAME = "sweeps.db"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"  # 2: the attempts and quarantine tables
 
 
 STORE_ENV = "HARNESS_STORE"
@@ -140,6 +141,41 @@ CREATE TABLE IF NOT EXISTS runs (
     epochs_at_claim INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sweep_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    launcher TEXT NOT NULL,
+    host TEXT,
+    gpu TEXT,
+    job_id TEXT,
+    outcome TEXT NOT NULL,
+    exit_code INTEGER,
+    own_failure INTEGER NOT NULL,
+    new_epochs INTEGER NOT NULL,
+    gpus REAL NOT NULL,
+    segments TEXT NOT NULL,
+    wall_s REAL NOT NULL,
+    lost_s REAL NOT NULL,
+    accounting TEXT NOT NULL,
+    best_metric REAL,
+    place TEXT,
+    kind TEXT NOT NULL,
+    ended REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_sweep ON attempts (sweep_id, kind, place, ended);
+CREATE INDEX IF NOT EXISTS attempts_by_run ON attempts (run_id);
+CREATE TABLE IF NOT EXISTS quarantine (
+    sweep_id TEXT NOT NULL,
+    place TEXT NOT NULL,
+    host TEXT,
+    gpu TEXT,
+    since REAL NOT NULL,
+    runs TEXT NOT NULL,
+    lifted REAL,
+    PRIMARY KEY (sweep_id, place)
+);
 """
 
 # Columns enough for the engine and the status table; `history` (every logged key) only on request.
@@ -255,8 +291,12 @@ class Store:
             for column, definition in _ADDED_COLUMNS:
                 if column not in present:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,))
+            # An older store gets the tables it lacks above (CREATE ... IF NOT EXISTS) and its version raised.
+            db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE "
+                       "SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+                       (_SCHEMA_VERSION,))
         self._metric_cache = {}
+        self._converted: dict[str, tuple[tuple[Any, ...], Any]] = {}  # run id -> (its row's key, its SweepRun)
 
     def close(self) -> None:
         self._db.close()
@@ -354,8 +394,8 @@ class Store:
                 self._finish_if_idle(db, sweep_id, max_attempts)
                 return None
             # Random search ignores the runs; grid needs their configs; bayes also their metric values.
-            runs = [] if sweep.method == "random" else self._engine_runs(db, sweep_id, sweep.method == "bayes")
-            proposal = engine.propose(sweep.spec, runs, max_attempts=max_attempts)
+            runs = [] if sweep.method == "random" else self._converted_runs(db, sweep, max_attempts)
+            proposal = engine.suggest(sweep.spec, runs)
             if proposal is None:
                 self._finish_if_idle(db, sweep_id, max_attempts)
                 return None
@@ -450,26 +490,145 @@ class Store:
         epoch and `own_failure` (False: an outside cause, e.g. its holder was lost or a signal was forwarded);
         a claim that made progress clears the count.
         """
-        if state not in RUN_STATES or state in ACTIVE_STATES:
-            raise SweepError(f"finish_run: state must be one of "
-                             f"{', '.join(s for s in RUN_STATES if s not in ACTIVE_STATES)}, got {state!r}")
+        _check_final_state(state)
         with self._write() as db:
-            row = db.execute("SELECT agent, state, failures, epochs_at_claim, json_array_length(metric_values) AS epochs "
-                             "FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise SweepError(f"unknown run id {run_id!r} in {self.path}")
-            if agent is not None and (row["agent"] != agent or row["state"] not in ACTIVE_STATES):
-                return False
-            failures = row["failures"]
-            if state in RESUMABLE_STATES:
-                failures = 0 if row["epochs"] > row["epochs_at_claim"] else failures + (1 if own_failure else 0)
-            db.execute(
-                "UPDATE runs SET state = ?, summary = COALESCE(?, summary), exit_code = ?, ended = ?, failures = ? "
-                "WHERE id = ?",
-                (state, json.dumps(summary, default=_plain) if summary is not None else None, exit_code,
-                 time.time(), failures, run_id),
-            )
+            return self._finish_run(db, run_id, state, summary, exit_code, agent, own_failure)
+
+    def _finish_run(self, db: sqlite3.Connection, run_id: str, state: str, summary: Mapping[str, Any] | None,
+                    exit_code: int | None, agent: str | None, own_failure: bool) -> bool:
+        row = db.execute("SELECT agent, state, failures, epochs_at_claim, json_array_length(metric_values) AS epochs "
+                         "FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise SweepError(f"unknown run id {run_id!r} in {self.path}")
+        if agent is not None and (row["agent"] != agent or row["state"] not in ACTIVE_STATES):
+            return False
+        failures = row["failures"]
+        if state in RESUMABLE_STATES:
+            failures = 0 if row["epochs"] > row["epochs_at_claim"] else failures + (1 if own_failure else 0)
+        db.execute(
+            "UPDATE runs SET state = ?, summary = COALESCE(?, summary), exit_code = ?, ended = ?, failures = ? "
+            "WHERE id = ?",
+            (state, json.dumps(summary, default=_plain) if summary is not None else None, exit_code,
+             time.time(), failures, run_id),
+        )
         return True
+
+    # --- attempts (what each process of a run cost, where it ran) and quarantine -------------------
+    def finish_attempt(self, run_id: str, state: str, attempt: Attempt, summary: Mapping[str, Any] | None = None,
+                       exit_code: int | None = None, agent: str | None = None, own_failure: bool = True,
+                       quarantine_after: int = quarantine.DEFAULT_AFTER) -> "AttemptResult":
+        """`finish_run` and the attempt's record in one transaction, with the quarantine rule applied to it
+        (harness.sweep.quarantine): so no other agent can see the sweep idle, and finish it, between a run
+        failed at a bad place and that run given back."""
+        _check_final_state(state)
+        with self._write() as db:
+            finished = self._finish_run(db, run_id, state, summary, exit_code, agent, own_failure)
+            result = self._add_attempt(db, attempt, quarantine_after)
+        return dataclasses.replace(result, finished=finished)
+
+    def add_attempt(self, attempt: Attempt, quarantine_after: int = quarantine.DEFAULT_AFTER) -> "AttemptResult":
+        """Record an attempt whose run state is recorded otherwise (a claim given back by `release_run`)."""
+        with self._write() as db:
+            return self._add_attempt(db, attempt, quarantine_after)
+
+    def update_attempt(self, attempt: Attempt, quarantine_after: int = quarantine.DEFAULT_AFTER) -> "AttemptResult":
+        """Replace a recorded attempt (`attempt.id`): SLURM's accounting arrived (its node, times, GPUs)."""
+        with self._write() as db:
+            row = to_row(attempt)
+            columns = [name for name in row if name not in ("sweep_id", "run_id")]
+            db.execute(f"UPDATE attempts SET {', '.join(f'{name} = ?' for name in columns)}, place = ?, kind = ?, "
+                       "ended = ? WHERE id = ?",
+                       [_column(row[name]) for name in columns] + [quarantine.place_of(attempt), attempt.kind,
+                                                                   attempt.ended, attempt.id])
+            return self._judge(db, attempt, quarantine_after)
+
+    def attempts(self, sweep_id: str, accounting: str | None = None) -> list[Attempt]:
+        """The sweep's recorded attempts in the order they ended (only those whose accounting is `accounting`)."""
+        query = "SELECT * FROM attempts WHERE sweep_id = ?" + (" AND accounting = ?" if accounting else "")
+        rows = self._tolerant(query + " ORDER BY ended, id", (sweep_id, accounting) if accounting else (sweep_id,))
+        return [_attempt_from_row(row) for row in rows]
+
+    def quarantined(self, sweep_id: str) -> list[quarantine.Quarantine]:
+        """The sweep's quarantined places (nodes, GPUs), oldest first."""
+        rows = self._tolerant("SELECT * FROM quarantine WHERE sweep_id = ? AND lifted IS NULL ORDER BY since",
+                              (sweep_id,))
+        return [quarantine.Quarantine(row["sweep_id"], row["place"], row["host"], row["gpu"], row["since"],
+                                      tuple(json.loads(row["runs"]))) for row in rows]
+
+    def lift_quarantine(self, sweep_id: str, place: str) -> bool:
+        """Give a mended place back to the sweep; False if it was not quarantined. Its failures at start so
+        far are forgotten (a new streak starts), its record kept."""
+        with self._write() as db:
+            return db.execute("UPDATE quarantine SET lifted = ? WHERE sweep_id = ? AND place = ? AND lifted IS NULL",
+                              (time.time(), sweep_id, place)).rowcount > 0
+
+    def _tolerant(self, query: str, parameters: Sequence[Any]) -> list[sqlite3.Row]:
+        """Rows of a table a read-only look at a store older than it may not find (no table: no rows)."""
+        try:
+            return list(self._db.execute(query, parameters))
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return []
+            raise
+
+    def _add_attempt(self, db: sqlite3.Connection, attempt: Attempt, quarantine_after: int) -> "AttemptResult":
+        if attempt.best_metric is None:
+            best = db.execute("SELECT best_metric FROM runs WHERE id = ?", (attempt.run_id,)).fetchone()
+            attempt = dataclasses.replace(attempt, best_metric=best["best_metric"] if best else None)
+        row = to_row(attempt)
+        names = list(row) + ["place", "kind", "ended"]
+        cursor = db.execute(f"INSERT INTO attempts ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                            [_column(value) for value in row.values()] + [quarantine.place_of(attempt), attempt.kind,
+                                                                          attempt.ended])
+        return self._judge(db, dataclasses.replace(attempt, id=cursor.lastrowid), quarantine_after)
+
+    def _judge(self, db: sqlite3.Connection, attempt: Attempt, after: int) -> "AttemptResult":
+        """Apply the quarantine rule after this attempt; quarantine new places, give their runs back."""
+        done = AttemptResult(attempt.id)
+        if after < 1 or attempt.kind not in (START_FAILURE, SUCCESS) or quarantine.place_of(attempt) is None:
+            return done
+        sweep_id = attempt.sweep_id
+        lifted = {row["place"]: row["lifted"] for row in db.execute(
+            "SELECT place, lifted FROM quarantine WHERE sweep_id = ?", (sweep_id,))}
+        known = {place for place, when in lifted.items() if when is None}
+        failing = {row["place"] for row in db.execute(
+            "SELECT DISTINCT place FROM attempts WHERE sweep_id = ? AND kind = ?", (sweep_id, START_FAILURE))}
+        if not failing - known and attempt.kind == SUCCESS:
+            return done  # nothing open to decide: the healthy sweep's case, one small indexed query
+        # What the rule reads: every failure at start, and each place's first and last success.
+        rows = db.execute(
+            "SELECT * FROM attempts WHERE sweep_id = ? AND (kind = ? OR id IN (SELECT id FROM attempts a WHERE "
+            "a.sweep_id = ? AND a.kind = ? AND a.ended IN (SELECT MIN(ended) FROM attempts WHERE sweep_id = ? AND "
+            "kind = ? AND place = a.place UNION SELECT MAX(ended) FROM attempts WHERE sweep_id = ? AND kind = ? AND "
+            "place = a.place)))", (sweep_id, START_FAILURE, sweep_id, SUCCESS, sweep_id, SUCCESS, sweep_id, SUCCESS))
+        # A failure at start before its place's quarantine was lifted is forgotten.
+        feed = [item for item in map(_attempt_from_row, rows) if item.kind != START_FAILURE
+                or item.ended > (lifted.get(quarantine.place_of(item) or "") or 0.0)]
+        now = time.time()
+        new = [dataclasses.replace(found, since=now) for found in quarantine.newly_quarantined(feed, after, known)]
+        for found in new:
+            db.execute("INSERT INTO quarantine (sweep_id, place, host, gpu, since, runs) VALUES (?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (sweep_id, place) DO UPDATE SET since = excluded.since, runs = excluded.runs, "
+                       "lifted = NULL", (sweep_id, found.place, found.host, found.gpu, found.since,
+                                         json.dumps(list(found.runs))))
+        places = known | {found.place for found in new}
+        return AttemptResult(attempt.id, quarantined=new, given_back=self._give_back(db, feed, places),
+                             at_quarantined_place=attempt.kind == START_FAILURE and quarantine.place_of(attempt) in places)
+
+    def _give_back(self, db: sqlite3.Connection, feed: Sequence[Attempt], places: set[str]) -> list[str]:
+        """Failed runs whose failures at start were all at quarantined places become crashed (resumable)."""
+        suspects = sorted({item.run_id for item in feed if item.kind == START_FAILURE
+                           and quarantine.place_of(item) in places})
+        failed = [row["id"] for row in db.execute(
+            f"SELECT id FROM runs WHERE state = 'failed' AND id IN ({', '.join('?' * len(suspects))})", suspects)]
+        if not failed:
+            return []
+        rows = db.execute(f"SELECT * FROM attempts WHERE run_id IN ({', '.join('?' * len(failed))})", failed)
+        given = quarantine.runs_to_give_back([_attempt_from_row(row) for row in rows], places)
+        for run_id in given:
+            db.execute("UPDATE runs SET state = 'crashed', ended = ? WHERE id = ? AND state = 'failed'",
+                       (time.time(), run_id))
+        return given
 
     def revive(self, sweep_id: str) -> list[str]:
         """The user asked to resume (`--resume`): every crashed or preempted run gets its attempts back."""
@@ -515,6 +674,14 @@ class Store:
                                     (sweep_id,)):
             counts[row["state"]] = row["n"]
         return counts
+
+    def unfinished(self, sweep_id: str, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> tuple[int, int]:
+        """(active runs, resumable runs with fewer than `max_attempts` failures of their own): what an agent
+        with nothing to claim waits for."""
+        row = self._db.execute(
+            f"SELECT COALESCE(SUM(state IN {ACTIVE_STATES}), 0), COALESCE(SUM(state IN {RESUMABLE_STATES} AND "
+            "failures < ?), 0) FROM runs WHERE sweep_id = ?", (max_attempts, sweep_id)).fetchone()
+        return int(row[0]), int(row[1])
 
     # --- internals -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -563,13 +730,24 @@ class Store:
             db.execute("UPDATE sweeps SET state = 'finished', updated = ? WHERE id = ? AND state = 'running'",
                        (time.time(), sweep_id))
 
-    def _engine_runs(self, db: sqlite3.Connection, sweep_id: str, with_metrics: bool) -> list[engine.EngineRun]:
-        """The few columns the engine reads, without decoding the rest (claims stay fast at 500 runs)."""
+    def _converted_runs(self, db: sqlite3.Connection, sweep: Sweep, max_attempts: int) -> list[Any]:
+        """The sweep's runs as the engine's `SweepRun`s, from the few columns it reads (grid: the configs; bayes
+        also the metric values). A conversion is kept until its row's columns change (a config never does):
+        decoding and converting every run on every claim made the store, not the engine, most of a grid claim's
+        cost at 5 000 runs (benchmarks/scale.py)."""
+        with_metrics = sweep.method == "bayes"
         rows = db.execute("SELECT id, config, state, metric_values, failures FROM runs WHERE sweep_id = ? "
-                          "ORDER BY seq", (sweep_id,))
-        return [engine.EngineRun(row["id"], json.loads(row["config"]), row["state"],
-                                 json.loads(row["metric_values"]) if with_metrics else [], row["failures"])
-                for row in rows]
+                          "ORDER BY seq", (sweep.id,))
+        converted = []
+        for run_id, config, state, metric_values, failures in rows:
+            key = (config, state, metric_values if with_metrics else None, failures, sweep.metric_name, max_attempts)
+            kept = self._converted.get(run_id)
+            if kept is None or kept[0] != key:
+                run = engine.EngineRun(run_id, json.loads(config), state,
+                                       json.loads(metric_values) if with_metrics else [], failures)
+                kept = self._converted[run_id] = (key, engine.sweep_run(run, sweep.metric_name, max_attempts))
+            converted.append(kept[1])
+        return converted
 
     def _metric_of_run(self, run_id: str) -> tuple[str | None, str]:
         row = self._db.execute("SELECT sweep_id FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -580,6 +758,32 @@ class Store:
             sweep = self.get_sweep(sweep_id)
             self._metric_cache[sweep_id] = (sweep.metric_name, sweep.goal)
         return self._metric_cache[sweep_id]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptResult:
+    """What recording an attempt did: its id, whether the run's state was recorded (`finish_attempt`: False
+    when it was taken over), the places it quarantined and the runs it gave back."""
+
+    attempt_id: int | None
+    finished: bool = True
+    quarantined: list[quarantine.Quarantine] = dataclasses.field(default_factory=list)
+    given_back: list[str] = dataclasses.field(default_factory=list)
+    at_quarantined_place: bool = False  # a failure at start at a place quarantined now (or before)
+
+
+def _check_final_state(state: str) -> None:
+    if state not in RUN_STATES or state in ACTIVE_STATES:
+        raise SweepError(f"finish_run: state must be one of "
+                         f"{', '.join(s for s in RUN_STATES if s not in ACTIVE_STATES)}, got {state!r}")
+
+
+def _attempt_from_row(row: sqlite3.Row) -> Attempt:
+    return from_row(row, json.loads(row["segments"]))
+
+
+def _column(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def _sweep_from_row(row: sqlite3.Row) -> Sweep:

@@ -33,7 +33,9 @@ status preempted, and exit 128 + the signal.
 Knobs: the parameter `epoch_s` (seconds per epoch; else env FAKE_EPOCH_SECONDS; default 0.05), the
 parameter `fail_at_epoch=N` (status failed and exit 3 at that epoch; not a training key, tests only),
 env FAKE_PAUSE_AFTER_EPOCH=N (after epoch N is saved, write `paused.json` and wait for a stop signal,
-like harness.train's HARNESS_PAUSE_AT).
+like harness.train's HARNESS_PAUSE_AT), env FAKE_FAIL_AT_START=FILE (a bad place: when a line
+`NAME=VALUE` of FILE matches this process's environment, e.g. `SLURMD_NODENAME=node1` or
+`CUDA_VISIBLE_DEVICES=2`, exit 1 at once, after recording the start, before any epoch: a broken node or GPU).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ STARTED = time.time()  # the first instruction, as near as a program can tell (b
 CONTROL = ("config", "run_id", "root", "sweep_id")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 FAIL_EXIT_CODE = 3
+BAD_PLACE_EXIT_CODE = 1
 ENVIRONMENT_RECORDED = ("WANDB_RUN_ID", "WANDB_RUN_GROUP", "HARNESS_SWEEP_ID", "HARNESS_ROOT", "WANDB_MODE",
                         "CUDA_VISIBLE_DEVICES", "WANDB_SWEEP_ID", "WANDB_SERVICE")
 received: list[int] = []
@@ -138,6 +141,18 @@ def record_start(folder: Path, argv: list[str], state: dict) -> None:
                {**{name: os.environ.get(name) for name in ENVIRONMENT_RECORDED}, "cwd": os.getcwd()})
 
 
+def bad_place() -> str | None:
+    """The `NAME=VALUE` line of $FAKE_FAIL_AT_START's file that this process's environment matches, if any."""
+    path = os.environ.get("FAKE_FAIL_AT_START")
+    if not path or not Path(path).exists():
+        return None
+    for line in Path(path).read_text().splitlines():
+        name, _, value = line.strip().partition("=")
+        if name and os.environ.get(name) == value:
+            return line.strip()
+    return None
+
+
 def sleep_epoch(seconds: float) -> None:
     """Sleep one epoch's time, returning early at a stop signal."""
     deadline = time.monotonic() + seconds
@@ -170,6 +185,10 @@ def main(argv: list[str]) -> int:
         state.update(json.loads(state_path.read_text()))
     cut_metrics_to(folder / "metrics.jsonl", state["epoch"])
     record_start(folder, argv, state)
+    bad = bad_place()
+    if bad:
+        print(f"fake_train: failing at start: {bad} is a bad place (FAKE_FAIL_AT_START)", file=sys.stderr)
+        return BAD_PLACE_EXIT_CODE
     if not (folder / "config.json").exists():
         write_json(folder / "config.json", {**params, "run_id": run_id, "sweep_id": sweep_id})
 

@@ -94,3 +94,44 @@ def test_agents_with_a_local_sweep_under_slurm_is_an_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "harness.launch", "--slurm", "local", "--agents", "3", "--sweep",
                              sweep_id, "--root", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--agents with --slurm" in result.stderr and "--parallel" in result.stderr
+
+
+def test_an_agent_array_larger_than_max_array_size_is_split_and_shares_parallel():
+    """SLURM rejects an array index >= MaxArraySize (submitit#1624): the W&B agent array is split into arrays
+    of at most that many tasks, each task keeping its own agent number, and `parallel` shared between them."""
+    from harness.launch import slurm
+
+    assert slurm.split_array(10, 4, 10) == ((0, 4, 4), (4, 4, 4), (8, 2, 2))
+    assert slurm.split_array(10, 4, 3) == ((0, 4, 1), (4, 4, 1), (8, 2, 1))
+    assert slurm.split_array(3, 1001, 2) == ((0, 3, 2),)
+    assert slurm.split_array(2002, 1001, 2002) == ((0, 1001, 1001), (1001, 1001, 1001))
+    for tasks, size, parallel in ((1, 1, 1), (7, 4, 2), (9, 2, 5), (5000, 1001, 64), (12, 5, 12), (13, 12, 6)):
+        parts = slurm.split_array(tasks, size, parallel)
+        indices = [part.first + index for part in parts for index in range(part.tasks)]
+        assert indices == list(range(tasks))  # every agent once, in order
+        assert all(1 <= part.tasks <= size and 1 <= part.parallel <= part.tasks for part in parts)
+        assert sum(part.parallel for part in parts) == max(min(parallel, tasks), len(parts))
+    with pytest.raises(Exception, match="MaxArraySize=0"):
+        slurm.split_array(3, 0, 3)
+
+
+def test_max_array_size_comes_from_the_profile_else_scontrol_else_slurms_default(monkeypatch):
+    import subprocess
+
+    from harness.launch import slurm
+
+    local = profiles.load_profile("local")
+    shown = "Configuration data as of 2024-01-01T00:00:00\nMaxArraySize            = 4\nMaxJobCount = 10000\n"
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, shown, ""))
+    assert slurm.max_array_size(local) == 4
+    assert slurm.max_array_size(profiles.Profile("big", max_array_size=50)) == 50  # the profile overrides it
+    plan = slurm.wandb_array_plan("team/proj/abc123", local, Path("/tmp/runs"), tasks=6, parallel=3,
+                                  max_array_size=slurm.max_array_size(local))
+    assert plan.tasks == 6 and plan.arrays == ((0, 4, 2), (4, 2, 1))
+
+    def no_scontrol(*args, **kwargs):
+        raise FileNotFoundError("scontrol")
+
+    monkeypatch.setattr(subprocess, "run", no_scontrol)
+    assert slurm.max_array_size(local) == slurm.DEFAULT_MAX_ARRAY_SIZE == 1001
+    assert slurm.wandb_array_plan("team/proj/abc123", local, Path("/tmp/runs"), tasks=6).arrays == ((0, 6, 4),)

@@ -292,6 +292,36 @@ def test_wandb_sweep_on_slurm_is_a_job_array_of_these_agents(tmp_path):
     assert task.python_first == "/py"  # its folder goes first on the agent's PATH (W&B runs a bare `python`)
 
 
+def test_an_agent_array_larger_than_the_clusters_max_array_size_is_split_and_every_agent_runs(tmp_path, slurm_cluster):
+    """The test cluster allows arrays of 4 (MaxArraySize=4, scripts/test_slurm.sh): 6 agents go as 2 arrays
+    (4 + 2) and all 6 run, each with its own agent number. The agent is a stand-in command (no W&B here):
+    what is tested is the submission, not `wandb agent`."""
+    import dataclasses
+    import re
+    import sys
+
+    profile = profiles.load_profile("local")
+    assert slurm.max_array_size(profile) == 4  # read from `scontrol show config`
+    plan = slurm.wandb_array_plan("team/proj/abc123", profile, tmp_path, tasks=6, parallel=3,
+                                  max_array_size=slurm.max_array_size(profile))
+    assert plan.arrays == ((0, 4, 2), (4, 2, 1))
+    stand_in = (sys.executable, "-c", "import os; print('agent of array', os.environ['SLURM_ARRAY_JOB_ID'], "
+                "'task', os.environ['SLURM_ARRAY_TASK_ID'])")
+    messages: list[str] = []
+    submitted = slurm.submit_wandb_array(dataclasses.replace(plan, argv=stand_in), echo=messages.append)
+    assert len(submitted) == 6 and "in 2 arrays" in messages[0], messages
+    assert [job.result() for job in submitted] == [0] * 6  # every task ran its agent, which exited 0
+    seen = {}
+    for agent in range(6):
+        text = (plan.log_dir / f"wandb-agent-{agent}.log").read_text()
+        found = re.search(r"agent of array (\d+) task (\d+)", text)
+        assert found, text
+        seen[agent] = (found.group(1), int(found.group(2)))
+    arrays = sorted({array_job for array_job, _ in seen.values()})
+    assert len(arrays) == 2 and all(task < 4 for _, task in seen.values()), seen
+    assert [seen[agent][1] for agent in range(6)] == [0, 1, 2, 3, 0, 1], seen
+
+
 def test_training_job_pickles_only_plain_data(tmp_path):
     import pickle
 

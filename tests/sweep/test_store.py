@@ -379,3 +379,39 @@ def test_read_history_keeps_the_last_row_of_a_repeated_epoch(tmp_path: Path):
                                             '{"epoch": 3, "v": 4')  # a torn last line
     assert runfolder.read_history(tmp_path) == [{"epoch": 1, "v": 1}, {"epoch": 2, "v": 3}]
     assert runfolder.read_summary(tmp_path) is None
+
+
+def test_claims_reuse_a_runs_engine_conversion_only_while_its_row_is_unchanged(store: Store):
+    """The store keeps each run's `SweepRun` between claims (benchmarks/scale.py): what it hands the engine
+    must always equal a fresh conversion, whatever changed in between (metrics, state, failures, config)."""
+    sweep_id = store.create_sweep(BAYES)
+    runs = [_claim(store, sweep_id) for _ in range(3)]
+    sweep = store.get_sweep(sweep_id)
+
+    def kept(max_attempts: int = 3) -> list:
+        converted = store._converted_runs(store._db, sweep, max_attempts)
+        assert converted == engine.engine_runs(store.runs(sweep_id), sweep.metric_name, max_attempts)
+        return converted
+
+    first = kept()
+    store.record_history(runs[0].id, [{"epoch": 1, "val_dice_coef": 0.4}])
+    store.finish_run(runs[0].id, "finished", exit_code=0)
+    store.finish_run(runs[1].id, "crashed", exit_code=1)  # one failure of its own: pending to the engine
+    second = kept()
+    assert second[2] is first[2] and second[0] is not first[0]  # only changed rows are converted again
+    assert second[1].state == "pending" and kept(max_attempts=1)[1].state == "crashed"
+    store._db.execute("UPDATE runs SET config = ? WHERE id = ?",
+                      (json.dumps({"learning_rate": 0.01, "dropout": 0.1}), runs[2].id))
+    assert kept()[2].config == {"learning_rate": {"value": 0.01}, "dropout": {"value": 0.1}}
+
+
+def test_unfinished_counts_active_runs_and_those_left_to_resume(store: Store):
+    sweep_id = store.create_sweep(GRID)
+    runs = [_claim(store, sweep_id) for _ in range(4)]
+    assert store.unfinished(sweep_id) == (4, 0)
+    store.finish_run(runs[0].id, "finished", exit_code=0)
+    store.finish_run(runs[1].id, "crashed", exit_code=1)
+    store.finish_run(runs[2].id, "preempted", exit_code=None, own_failure=False)
+    assert store.unfinished(sweep_id) == (1, 2)
+    assert store.unfinished(sweep_id, max_attempts=1) == (1, 1)  # the crashed run's one failure uses it up
+    assert store.unfinished(store.create_sweep(GRID)) == (0, 0)
