@@ -141,6 +141,9 @@ CREATE TABLE IF NOT EXISTS runs (
     epochs_at_claim INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_sweep ON runs (sweep_id, seq);
+-- A claim looks for the oldest resumable run of its sweep: with the state in the index that is a lookup,
+-- not a scan of every run of the sweep (benchmarks/scale.py: the claim grew with the number of runs).
+CREATE INDEX IF NOT EXISTS runs_by_sweep_state ON runs (sweep_id, state, seq);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     sweep_id TEXT NOT NULL,
@@ -372,8 +375,9 @@ class Store:
             if sweep.state != "running":
                 return None
             resumable = db.execute(
-                f"SELECT id FROM runs WHERE sweep_id = ? AND state IN {RESUMABLE_STATES} AND failures < ? "
-                "ORDER BY seq LIMIT 1",
+                # INDEXED BY: left to itself SQLite walks runs_by_sweep for the ORDER BY, every run of the sweep.
+                f"SELECT id FROM runs INDEXED BY runs_by_sweep_state WHERE sweep_id = ? AND state IN {RESUMABLE_STATES} "
+                "AND failures < ? ORDER BY seq LIMIT 1",
                 (sweep_id, max_attempts),
             ).fetchone()
             if resumable is not None:
