@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # CUDA=1: TensorFlow for NVIDIA GPUs (extra `cuda`) instead of tensorflow-cpu (extra `cpu`, the default and
 # what CI runs); see docs/gpu.md. The two are one import package, so switching removes the other first.
+# JAX (extra `jax`, CPU build) comes with either, so `make test` runs the JAX tests too (docs/backends.md).
 CUDA   ?=
 TF_EXTRA := $(if $(filter 1 yes true,$(CUDA)),cuda,cpu)
 TF_OTHER := $(if $(filter cuda,$(TF_EXTRA)),tensorflow-cpu,tensorflow)
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if $(BIN)/python -m pip show --quiet $(TF_OTHER) >/dev/null 2>&1; then \
 	    $(BIN)/python -m pip uninstall --quiet --yes $(TF_OTHER); fi
-	$(BIN)/python -m pip install --quiet -e ".[test,library,$(TF_EXTRA)]"
+	$(BIN)/python -m pip install --quiet -e ".[test,library,jax,$(TF_EXTRA)]"
 	rm -f $(VENV)/.installed $(VENV)/.installed-*
 	touch $(STAMP)
 

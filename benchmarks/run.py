@@ -20,7 +20,9 @@ from pathlib import Path
 # Order of the table: data in, training, sweeps, launch, evaluation.
 MODULES = (
     "benchmarks.data_pipeline",
+    "benchmarks.device_augment",
     "benchmarks.train_step",
+    "benchmarks.backends",
     "benchmarks.controller",
     "benchmarks.scale",
     "benchmarks.utilisation",

@@ -28,6 +28,9 @@ LOSSES = ("bce", "dice", "bce_dice", "jaccard", "bce_jaccard")
 MODELS = ("unet", "sm_unet_resnet34")
 # Named augmentation pipelines (built in harness.data.augment; a test keeps the two in step).
 AUGMENTATIONS = ("none", "flips", "default", "strong")
+# Those that can also run as batched tensor ops on the training device (augment_device; harness.data.device_augment):
+# strong's brightness/contrast stays with albumentations on the CPU, none has nothing to run.
+DEVICE_AUGMENTATIONS = ("flips", "default")
 MONITOR_MODES = ("max", "min")
 # Keras dtype policies a run may train under (harness.run.device.apply_precision); outputs stay float32.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -57,6 +60,7 @@ class Config:
     image_size: str = "384x576"  # HxW images are resized to; each divisible by 2**depth
     val_fraction: float = 0.2  # share of images in the validation split (stratified by classes)
     augment: str = "default"  # none | flips | default (flips + affine) | strong
+    augment_device: bool = False  # run augment (flips or default only) as batched tensor ops on the training device (the GPU), not per image on the CPU
     workers: int = 2  # data-loading workers (Keras PyDataset)
     # --- model ----------------------------------------------------------------------------------
     model: str = "unet"  # unet (from scratch) | sm_unet_resnet34 (segmentation_models, extra [library])
@@ -86,7 +90,7 @@ class Config:
     lr_factor: float = 0.5  # LR multiplier on plateau
     threshold: float = 0.5  # probability threshold of the challenge metric (kaggle_dice)
     seed: int = 42  # split, shuffling, augmentation and weight init
-    deterministic: bool = False  # TensorFlow deterministic ops: same seed, same weights, bit for bit (slower)
+    deterministic: bool = False  # deterministic ops (TensorFlow's; JAX's XLA, docs/backends.md): same seed, same weights, bit for bit (slower)
     # --- device and speed -----------------------------------------------------------------------
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 (compute in 16 bits; outputs, losses, metrics stay float32)
     jit_compile: str = "auto"  # auto (Keras decides: XLA on a GPU, off on a CPU) | true | false (XLA forced on/off)
@@ -112,6 +116,12 @@ class Config:
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("model", self.model, MODELS)
         _check_choice("augment", self.augment, AUGMENTATIONS)
+        if self.augment_device and self.augment not in DEVICE_AUGMENTATIONS:
+            raise ConfigError(
+                f"config keys 'augment_device' = true and 'augment' = {self.augment!r} do not combine: the device "
+                f"runs augment {' or '.join(DEVICE_AUGMENTATIONS)} (strong's brightness/contrast runs on the CPU; "
+                "none has nothing to run): set augment_device: false, or augment to one of those"
+            )
         _check_choice("monitor_mode", self.monitor_mode, MONITOR_MODES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)

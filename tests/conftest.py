@@ -6,7 +6,9 @@ The dataset is generated once per session (about 0.3 s); tests must not modify i
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,16 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HARNESS_ROOT", str(tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test() -> Any:
+    """A run trained in this process sets Keras' global dtype policy (mixed precision): one run per process
+    in real use, but here the next test would inherit it. Reset only where Keras is already imported."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.config.set_dtype_policy("float32")
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,9 @@ def test_every_dependency_is_pinned_exactly():
 
 # The two TensorFlow extras (one import package: an environment has one of them) and the conda file of each.
 TENSORFLOW_EXTRAS = {"cpu": "environment.yml", "cuda": "environment-gpu.yml"}
+# JAX's CUDA extra needs a newer cuDNN than the `cuda` extra pins: an environment of its own, in no conda file.
+SEPARATE_EXTRAS = {"jax-cuda"}
+JAX_VERSION = "0.6.2"
 
 
 def _environment_pins(file: str) -> set[str]:
@@ -43,10 +46,13 @@ def _environment_pins(file: str) -> set[str]:
 
 @pytest.mark.parametrize("tensorflow_extra, file", sorted(TENSORFLOW_EXTRAS.items()))
 def test_environment_yml_matches_pyproject(tensorflow_extra, file):
-    """Each conda file holds the dependencies plus every extra, with its own one of the TensorFlow extras."""
+    """Each conda file holds the dependencies plus every extra (JAX's CPU one included), with its own one of the
+    TensorFlow extras."""
     project = _pyproject()["project"]
     wanted = set(project["dependencies"])
     for name, extra in project.get("optional-dependencies", {}).items():
+        if name in SEPARATE_EXTRAS:
+            continue
         if name not in TENSORFLOW_EXTRAS or name == tensorflow_extra:
             wanted.update(extra)
     listed = _environment_pins(file)
@@ -76,8 +82,23 @@ def test_make_venv_installs_tensorflow_cpu_unless_cuda_is_asked_for():
     default = subprocess.run(["make", "-n", "venv", "VENV=/nonexistent/venv"], capture_output=True, text=True, cwd=REPO)
     cuda = subprocess.run(["make", "-n", "venv", "VENV=/nonexistent/venv", "CUDA=1"], capture_output=True, text=True, cwd=REPO)
     assert default.returncode == 0 and cuda.returncode == 0, default.stderr + cuda.stderr
-    assert 'install --quiet -e ".[test,library,cpu]"' in default.stdout and "uninstall --quiet --yes tensorflow;" in default.stdout
-    assert 'install --quiet -e ".[test,library,cuda]"' in cuda.stdout and "uninstall --quiet --yes tensorflow-cpu;" in cuda.stdout
+    assert 'install --quiet -e ".[test,library,jax,cpu]"' in default.stdout and "uninstall --quiet --yes tensorflow;" in default.stdout
+    assert 'install --quiet -e ".[test,library,jax,cuda]"' in cuda.stdout and "uninstall --quiet --yes tensorflow-cpu;" in cuda.stdout
+
+
+def test_jax_extras_pin_one_jax_and_its_jaxlib():
+    """`jax` (CPU, installed by `make venv` so the JAX tests run in CI) and `jax-cuda` name the same JAX and
+    jaxlib; only `jax-cuda` has the CUDA plugin, its PJRT and NVIDIA's wheels; TensorFlow is in neither."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert extras["jax"] == [f"jax[cpu]=={JAX_VERSION}", f"jaxlib=={JAX_VERSION}"]
+    gpu = extras["jax-cuda"]
+    assert gpu[:4] == [f"jax[cuda12]=={JAX_VERSION}", f"jaxlib=={JAX_VERSION}", f"jax-cuda12-plugin=={JAX_VERSION}",
+                       f"jax-cuda12-pjrt=={JAX_VERSION}"]
+    assert all(_requirement_name(r).startswith("nvidia-") and _requirement_name(r).endswith("-cu12") for r in gpu[4:])
+    # The reason jax-cuda stands apart: it and the `cuda` extra pin different cuDNN (pip would refuse both).
+    cudnn = {name: next(r for r in extras[name] if _requirement_name(r) == "nvidia-cudnn-cu12") for name in ("cuda", "jax-cuda")}
+    assert cudnn["cuda"] != cudnn["jax-cuda"]
+    assert 'jax-cuda]' in (REPO / "docs" / "backends.md").read_text()
 
 
 def test_console_script_and_module_entry_points_work():

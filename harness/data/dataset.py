@@ -1,5 +1,9 @@
 """Batches for Keras from the prepared cache: shuffling per epoch, joint augmentation, standardisation.
 
+Augmentation runs per image on the CPU (albumentations, harness.data.augment), or with
+`augment_on_device` as batched tensor ops on the backend's default device (harness.data.device_augment:
+the batch is read as uint8 and transformed and standardised there).
+
 `CloudDataset` is a `keras.utils.PyDataset` (threads, not processes: memory-mapped reads are
 thread-safe and the GIL is released inside NumPy/OpenCV). Everything random is derived from
 `(seed, epoch, image index)`, so a batch does not depend on which thread built it, and a resumed run
@@ -17,6 +21,7 @@ import numpy as np
 
 from harness.data import augment as augment_module
 from harness.data import cache as cache_module
+from harness.data import device_augment
 from harness.data import split as split_module
 
 EPSILON = 1e-6
@@ -51,7 +56,10 @@ def _make_class() -> type:
     import keras
 
     class CloudDataset(keras.utils.PyDataset):  # type: ignore[misc, valid-type]
-        """(x float32 (B, H, W, 3) standardised, y float32 (B, H, W, 4)) batches of `indices` from `cache`."""
+        """(x float32 (B, H, W, 3) standardised, y float32 (B, H, W, 4)) batches of `indices` from `cache`.
+
+        With `augment_on_device` (augment flips or default) x and y are the backend's tensors, augmented
+        and standardised on its default device (harness.data.device_augment), not NumPy arrays."""
 
         def __init__(
             self,
@@ -64,6 +72,7 @@ def _make_class() -> type:
             workers: int = 1,
             max_batches: int | None = None,
             target_names: Sequence[str] = (),
+            augment_on_device: bool = False,
         ) -> None:
             super().__init__(workers=max(1, int(workers)), use_multiprocessing=False)
             self.cache = cache
@@ -82,6 +91,9 @@ def _make_class() -> type:
             self.target_names = tuple(target_names)
             self._pipelines = threading.local()  # albumentations pipelines keep state: one per thread
             augment_module.build(augment)  # fail now, on the caller's thread, for an unknown name
+            self.augment_on_device = bool(augment_on_device)
+            if self.augment_on_device:
+                device_augment.check_name(augment)
             self.epoch = 0
             self._order = self._epoch_order(0)
             self._skip: tuple[int, int] | None = None  # (epoch, batches): placeholders, see skip_batches
@@ -100,21 +112,10 @@ def _make_class() -> type:
             if self._skip is not None and self.epoch == self._skip[0] and batch_index < self._skip[1] \
                     and not getattr(self._building, "real", False):
                 return self._placeholder(batch_index, len(chosen))
-            images = np.empty((len(chosen), *self.cache.size, 3), dtype=np.uint8)
-            masks = np.empty((len(chosen), *self.cache.size, 4), dtype=np.float32)
-            pipeline = self._pipeline()
-            for slot, image_index in enumerate(chosen):
-                image = self.cache.images[image_index]
-                mask = self.cache.masks[image_index]
-                if pipeline is not None:
-                    augment_module.reseed(pipeline, self._sample_seed(int(image_index)))
-                    out = pipeline(image=np.asarray(image), mask=np.asarray(mask))
-                    image, mask = out["image"], out["mask"]
-                images[slot] = image
-                masks[slot] = mask  # uint8 -> float32 in the copy itself
+            images, masks = self._device_batch(chosen) if self.augment_on_device else self._cpu_batch(chosen)
             if self.target_names:
-                return standardize(images), {name: masks for name in self.target_names}
-            return standardize(images), masks
+                return images, {name: masks for name in self.target_names}
+            return images, masks
 
         def on_epoch_end(self) -> None:
             self.set_epoch(self.epoch + 1)
@@ -142,6 +143,30 @@ def _make_class() -> type:
                     self._building.real = False
                 self._placeholders[size] = _zeros_like(real)
             return self._placeholders[size]
+
+        def _cpu_batch(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            # Augmented per image (albumentations, seeded per image), then standardised.
+            images = np.empty((len(chosen), *self.cache.size, 3), dtype=np.uint8)
+            masks = np.empty((len(chosen), *self.cache.size, 4), dtype=np.float32)
+            pipeline = self._pipeline()
+            for slot, image_index in enumerate(chosen):
+                image = self.cache.images[image_index]
+                mask = self.cache.masks[image_index]
+                if pipeline is not None:
+                    augment_module.reseed(pipeline, self._sample_seed(int(image_index)))
+                    out = pipeline(image=np.asarray(image), mask=np.asarray(mask))
+                    image, mask = out["image"], out["mask"]
+                images[slot] = image
+                masks[slot] = mask  # uint8 -> float32 in the copy itself
+            return standardize(images), masks
+
+        def _device_batch(self, chosen: np.ndarray) -> tuple[Any, Any]:
+            # The uint8 batch as stored; only each sample's 8 transform numbers are drawn here, from the
+            # same per-image seed as the CPU path (resume-exact), and the device does the pixel work.
+            images = np.asarray(self.cache.images[chosen])  # a copy out of the memory map, in batch order
+            masks = np.asarray(self.cache.masks[chosen])
+            seeds = [self._sample_seed(int(image_index)) for image_index in chosen]
+            return device_augment.augment(self.augment, images, masks, seeds)
 
         def _epoch_order(self, epoch: int) -> np.ndarray:
             if not self.shuffle:
@@ -227,6 +252,7 @@ def make_datasets(config: Any) -> Datasets:
         train_idx,
         batch_size=config.batch_size,
         augment=config.augment,
+        augment_on_device=getattr(config, "augment_device", False),
         shuffle=True,
         seed=config.seed,
         workers=config.workers,

@@ -21,6 +21,12 @@ An agent whose GPU is quarantined for the sweep (its runs kept failing at start 
 succeeded on the other GPUs: harness.sweep.quarantine) exits with `EXIT_RETIRED`: the slot is retired,
 never restarted, and the launcher says so; `harness status` shows the GPU. With every slot retired the
 launcher exits 1.
+
+With `--agents-per-gpu N` > 1 each agent's environment carries the GPU memory share of its runs
+(harness.run.device.memory_share_environment: $HARNESS_GPU_MEMORY_FRACTION = 0.9/N and the Keras
+backend's own switches, e.g. TF_FORCE_GPU_ALLOW_GROWTH): without it the first run on a card maps
+nearly all of its memory and the second fails out of memory at its first step. The agents' runs inherit
+it; each run applies it before its model is built and records it (summary.json's `device`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Callable, Mapping, Sequence
 
 from harness import processes, runfolder
 from harness.errors import LaunchError
+from harness.run import device
 from harness.sweep.ids import is_wandb_sweep
 from harness.sweep.quarantine import EXIT_RETIRED
 
@@ -155,12 +162,14 @@ def plan_agents(
             argv += ["--quarantine-after", str(quarantine_after)]
     wandb = is_wandb_sweep(sweep_id)
     log_dir = runfolder.agents_dir(root, sweep_id)
+    # Runs sharing a GPU: each its share of the card's memory (the backend the agents' runs will use).
+    share = device.memory_share_environment(agents_per_gpu, device.configured_backend()) if gpus is not None else {}
     slots = []
     for gpu, index in placements:
         name = f"agent-{gpu if gpu is not None else 'cpu'}-{index}"
         # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU agents must not grab one by accident.
         env = {"CUDA_VISIBLE_DEVICES": gpu if gpu is not None else "", "HARNESS_ROOT": str(root),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **share}
         if wandb:
             env["PATH"] = processes.path_with_python_first(python)
         slots.append(AgentSlot(name=name, gpu=gpu, argv=tuple(argv), env=env, log=log_dir / f"{name}.log",

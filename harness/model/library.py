@@ -1,7 +1,8 @@
 """The library model of the reference comparison: segmentation_models' UNet with a ResNet34 encoder.
 
 Installed by the optional extra `pip install -e '.[library]'` (segmentation-models 1.0.1 and its
-pinned helpers; it runs under Keras 3 through `SM_FRAMEWORK=tf.keras`). Nothing is ever downloaded:
+pinned helpers; it runs under Keras 3 through `SM_FRAMEWORK=tf.keras`, so only on the TensorFlow backend:
+`require_tensorflow_backend`). Nothing is ever downloaded:
 the encoder starts from ImageNet weights only when `weights_path` names a local file (the published
 `resnet34_imagenet_1000_no_top.h5` of `classification_models`), otherwise from scratch. The run's
 summary says which (`describe_weights`).
@@ -108,7 +109,9 @@ def _check_weights_file(weights_path: str | os.PathLike[str] | None) -> Path | N
 
 
 def import_segmentation_models():
-    """The segmentation_models module, set up for Keras 3 (ConfigError naming the extra when missing)."""
+    """The segmentation_models module, set up for Keras 3 (ConfigError naming the extra when missing, or the
+    backend when Keras does not run on TensorFlow)."""
+    require_tensorflow_backend()
     # segmentation_models picks its Keras at import time from SM_FRAMEWORK; 'tf.keras' is the one that
     # works under Keras 3. It prints a banner on import: keep the CLI's output clean.
     os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
@@ -120,6 +123,19 @@ def import_segmentation_models():
             f"config key 'model' = 'sm_unet_resnet34' needs the optional extra [library] ({INSTALL_HINT}): {error}"
         ) from error
     return segmentation_models
+
+
+def require_tensorflow_backend() -> None:
+    """ConfigError unless Keras runs on TensorFlow: segmentation_models builds tf.keras layers (and ops) and
+    fails deep inside itself under JAX or torch. A run meets this earlier, in harness.run.device's check."""
+    import keras
+
+    backend = keras.config.backend()
+    if backend != "tensorflow":
+        raise ConfigError(
+            f"config key 'model' = 'sm_unet_resnet34' runs only on the Keras backend tensorflow (segmentation_models "
+            f"is tf.keras), and Keras runs on {backend!r}: start it with KERAS_BACKEND=tensorflow, or use model: unet"
+        )
 
 
 def load_encoder_weights(model: "keras.Model", weights_file: str | os.PathLike[str]) -> int:

@@ -255,12 +255,14 @@ def skip_first_batches(model: Any, dataset: Any, epoch: int, count: int) -> None
     trained = model.train_function
     remaining = [count]
 
-    def train_function(iterator: Any) -> Any:
+    from harness.run import device
+
+    def train_function(*arguments: Any) -> Any:  # (iterator), or JAX's (state, iterator)
         if remaining[0] > 0:
             remaining[0] -= 1
-            next(iterator)  # the placeholder of a step trained before the interruption
-            return model.get_metrics_result()  # the carried partial sums, for the progress bar
-        return trained(iterator)
+            next(arguments[-1])  # the placeholder of a step trained before the interruption
+            return device.skipped_step_result(model, arguments)  # the carried partial sums, for the progress bar
+        return trained(*arguments)
 
     model.train_function = train_function
 

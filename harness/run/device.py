@@ -9,6 +9,13 @@ The one module that knows backend-specific device details, so the rest of the ha
 - `compile_options(config)`: the speed switches `model.compile` takes (jit_compile, steps_per_execution);
 - `describe(config)`: the record of the device for summary.json, W&B and TensorBoard;
 - `check(config)`: fail fast (DeviceError, exit 2) when the run was handed a GPU its framework cannot see.
+- `skipped_step_result(model, arguments)`: a skipped step's train_function result (JAX threads its state);
+- `check_model_backend(config)`: fail fast (DeviceError, exit 2) when the model cannot run on this backend
+  (the library model is TensorFlow-only); cheap: reads the backend without importing Keras when it can
+  (`current_backend`); `check` runs it first;
+- `prepare_backend(config, run_dir)`: what a run sets up in its framework before the first op: op
+  determinism (`deterministic`) and, under JAX, the persistent compilation cache
+  (`compilation_cache_dir`, `enable_compilation_cache`) shared by every run under one runs root.
 
 Why a memory share: TensorFlow maps nearly all of a GPU's memory into the first process that touches
 it, so a second run on the same card fails with out-of-memory at its first step (the failure Ray users
@@ -17,8 +24,9 @@ runs sharing a card therefore gets about 0.9/N of it (0.1 left for the CUDA cont
 TensorFlow grows on demand up to a per-process limit set here, JAX preallocates its fraction, torch's
 caching allocator is capped by `set_per_process_memory_fraction`.
 
-Each backend has one small class below (`_TensorFlow`, `_Jax`, `_Torch`); only TensorFlow is installed
-and tested here, the others import their framework lazily and only when Keras runs on them.
+Each backend has one small class below (`_TensorFlow`, `_Jax`, `_Torch`); TensorFlow and JAX (CPU) are
+installed and tested here (docs/backends.md), torch is not; each imports its framework lazily and only
+when Keras runs on it.
 Nothing here initialises a GPU before `apply_memory_share` ran: listing TensorFlow's physical devices and
 reading their details does not create a GPU context.
 """
@@ -50,6 +58,11 @@ SHARED_MEMORY_TOTAL = 0.9
 MEMORY_FRACTION_ENV = "HARNESS_GPU_MEMORY_FRACTION"
 GPU_INSTALL_FIX = "`make venv CUDA=1`, or `pip uninstall -y tensorflow-cpu && pip install -e '.[cuda]'`"
 NVIDIA_SMI_TIMEOUT_S = 20
+# JAX's persistent compilation cache: this folder if set ("off": none), else <runs root>/JAX_CACHE_FOLDER.
+JAX_CACHE_ENV = "HARNESS_JAX_CACHE"
+JAX_CACHE_FOLDER = ".jax-cache"
+# Models that run only on some backends, and on which (harness.model.library: segmentation_models is tf.keras).
+MODEL_BACKENDS = {"sm_unet_resnet34": ("tensorflow",)}
 
 
 # --- what the environment says ------------------------------------------------------------------
@@ -170,7 +183,8 @@ def describe(config: "Config", environ: Mapping[str, str] | None = None, model: 
     """What this run trains on and how, for summary.json, the W&B config and the TensorBoard HParams.
 
     `precision` is the Keras policy in force (call after `apply_precision`); with the compiled `model`,
-    `jit_compile_resolved` says whether XLA is on (what "auto" became). Initialises no GPU.
+    `jit_compile_resolved` says whether XLA is on (what "auto" became); `compilation_cache` is the folder of
+    JAX's persistent compilation cache (None: none, or another backend). Initialises no GPU.
     """
     environ = os.environ if environ is None else environ
     name = _keras_backend()
@@ -185,6 +199,7 @@ def describe(config: "Config", environ: Mapping[str, str] | None = None, model: 
     facts.update(
         gpus_seen=seen, visible_gpus=visible, precision=_policy_name(), jit_compile=config.jit_compile,
         steps_per_execution=config.steps_per_execution, memory_share=memory_share(environ),
+        compilation_cache=backend.compilation_cache(),
     )
     if model is not None:
         facts["jit_compile_resolved"] = bool(getattr(model, "jit_compile", False))
@@ -192,13 +207,15 @@ def describe(config: "Config", environ: Mapping[str, str] | None = None, model: 
 
 
 def check(config: "Config", environ: Mapping[str, str] | None = None) -> None:
-    """Raise DeviceError (exit 2) when CUDA_VISIBLE_DEVICES names a GPU but the framework sees none.
+    """Raise DeviceError (exit 2) when the model does not run on this backend (`check_model_backend`), or
+    when CUDA_VISIBLE_DEVICES names a GPU but the framework sees none.
 
     The message names the cause (a CPU-only build, no NVIDIA driver, CUDA libraries missing) and the
     install fix. With `allow_cpu: true` it is a one-line warning on stderr instead, and the run trains
     on the CPU.
     """
     environ = os.environ if environ is None else environ
+    check_model_backend(config, environ)
     visible = visible_gpus(environ)
     if not visible:
         return
@@ -214,6 +231,87 @@ def check(config: "Config", environ: Mapping[str, str] | None = None) -> None:
         return
     raise DeviceError(f"{message}. Install the GPU build: {backend.install_fix}; or set allow_cpu: true to train "
                       "on the CPU anyway")
+
+
+def current_backend(environ: Mapping[str, str] | None = None) -> str:
+    """The Keras backend of this process: Keras' own word once it is imported, else what it will pick
+    (`configured_backend`), so a config check needs no framework import."""
+    return _keras_backend() if "keras" in sys.modules else configured_backend(environ)
+
+
+def check_model_backend(config: "Config", environ: Mapping[str, str] | None = None) -> None:
+    """Raise DeviceError (exit 2) when `config.model` cannot run on this process's Keras backend.
+
+    The library model (segmentation_models, SM_FRAMEWORK=tf.keras) is built from TensorFlow's Keras
+    layers: under JAX or torch it would fail deep inside the library. Call it before anything heavy.
+    """
+    backends = MODEL_BACKENDS.get(config.model)
+    name = current_backend(environ)
+    if backends is None or name in backends:
+        return
+    raise DeviceError(
+        f"config key 'model' = {config.model!r} runs only on the Keras backend {' or '.join(backends)}, and this "
+        f"process runs on {name!r}: start it with KERAS_BACKEND={backends[0]}, or use model: unet (every backend)"
+    )
+
+
+def prepare_backend(config: "Config", run_dir: str | os.PathLike[str] | None = None,
+                    environ: Mapping[str, str] | None = None) -> Path | None:
+    """Set up the framework for a run, before its first op: op determinism when `config.deterministic`,
+    and JAX's persistent compilation cache (the folder of `compilation_cache_dir`; the runs root is
+    `run_dir`'s grandparent, `<root>/<sweep>/<run>`). Returns the cache folder in use (None: none)."""
+    backend = _backend(_keras_backend())
+    if config.deterministic:
+        backend.enable_determinism()
+    root = Path(run_dir).absolute().parent.parent if run_dir is not None else None
+    directory = compilation_cache_dir(root, environ)
+    return directory if directory is not None and backend.enable_compilation_cache(directory) else None
+
+
+def compilation_cache_dir(runs_root: str | os.PathLike[str] | None = None,
+                          environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where JAX keeps compiled programs across processes: $HARNESS_JAX_CACHE ("off" or "none": no cache),
+    else `<runs root>/.jax-cache` (runs root: the argument, else $HARNESS_ROOT, else ./runs).
+
+    One folder for every run under a root: the first process of a sweep compiles (a tiny UNet run's first
+    epoch on this CPU: 13 s, 2.6 s with the cache), the others load its programs (docs/backends.md). JAX
+    keys an entry by the program, the device, the jaxlib version and XLA_FLAGS, so a folder shared by
+    different machines stays correct.
+    """
+    environ = os.environ if environ is None else environ
+    configured = environ.get(JAX_CACHE_ENV, "").strip()
+    if configured.lower() in ("off", "none"):
+        return None
+    if configured:
+        return Path(configured).expanduser().absolute()
+    from harness import io
+
+    root = Path(runs_root) if runs_root is not None else io.runs_root(environ.get("HARNESS_ROOT") or None)
+    return root.expanduser().absolute() / JAX_CACHE_FOLDER
+
+
+def enable_compilation_cache(directory: str | os.PathLike[str]) -> bool:
+    """Turn on JAX's persistent compilation cache in `directory` (made if missing); False: not under JAX."""
+    return bool(_backend(_keras_backend()).enable_compilation_cache(Path(directory)))
+
+
+def skipped_step_result(model: Any, arguments: tuple[Any, ...]) -> Any:
+    """What a `train_function` that skips a step (exact resume: harness.run.callbacks) returns, in the
+    backend's calling convention: the model's metrics so far (the carried partial sums) and nothing trained.
+
+    TensorFlow and torch call `train_function(iterator)` and take the logs. JAX threads its state through
+    `train_function(state, iterator) -> (logs, state)`, and fit() has taken the variables' values off the
+    model into that state (Keras "purges" them to save memory): the metrics are read from the state.
+    """
+    if len(arguments) != 2:
+        return model.get_metrics_result()
+    import keras
+
+    state = arguments[0]
+    metrics_values = state[3]  # (trainable, non_trainable, optimizer, metrics), jax/trainer.py's order
+    with keras.StatelessScope(state_mapping=list(zip(model.metrics_variables, metrics_values))):
+        logs = model.get_metrics_result()
+    return logs, state
 
 
 def cpu_name() -> str:
@@ -309,6 +407,18 @@ class _TensorFlow:
                 tf.config.experimental.set_memory_growth(gpu, True)
         return True
 
+    def enable_determinism(self) -> None:
+        import tensorflow as tf
+
+        # Deterministic kernels (and an error for an op that has none), the same result on each run.
+        tf.config.experimental.enable_op_determinism()
+
+    def enable_compilation_cache(self, directory: Path) -> bool:
+        return False  # TensorFlow's graphs (and its XLA clusters) are rebuilt in each process: no cache to share
+
+    def compilation_cache(self) -> str | None:
+        return None
+
     def no_gpu_causes(self, visible: list[str]) -> list[str]:
         import tensorflow as tf
 
@@ -328,7 +438,7 @@ class _TensorFlow:
 
 class _Jax:
     label = "JAX"
-    install_fix = "`pip install 'jax[cuda12]'` (JAX's CUDA plugin)"
+    install_fix = "`pip install -e '.[cpu,jax-cuda]'` (JAX's CUDA plugin, docs/backends.md)"
 
     def version(self) -> str:
         import jax
@@ -366,9 +476,42 @@ class _Jax:
             os.environ.setdefault(name, value)
         return self.gpus_seen() > 0
 
+    def enable_determinism(self) -> None:
+        # XLA on a CPU is deterministic already. On a GPU its scatter/reduction kernels are not unless
+        # XLA_FLAGS asks before the backend starts (it reads the flags once): set it here, before any op.
+        # Only where JAX has a CUDA plugin: XLA_FLAGS is part of the compilation cache's key, and a flag
+        # that does nothing would split the CPU runs' cache in two.
+        flag = "--xla_gpu_deterministic_ops=true"
+        flags = os.environ.get("XLA_FLAGS", "")
+        if flag in flags or not self.has_cuda_plugin():
+            return
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+        if _jax_started() and self.gpus_seen():
+            print("[run] warning: deterministic: JAX started before XLA_FLAGS was set; GPU ops may not be "
+                  "deterministic in this process", file=sys.stderr, flush=True)
+
+    def enable_compilation_cache(self, directory: Path) -> bool:
+        import jax
+
+        directory.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        # Every program, however quick to compile (the default keeps only those over 1 s) and however small:
+        # a run makes many small ones (metrics, the seed generator) and the start-up pays for each.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        return True
+
+    def compilation_cache(self) -> str | None:
+        import jax
+
+        return jax.config.jax_compilation_cache_dir or None
+
+    def has_cuda_plugin(self) -> bool:
+        return _installed("jax-cuda12-plugin") or _installed("jax-cuda13-plugin")
+
     def no_gpu_causes(self, visible: list[str]) -> list[str]:
         causes = []
-        if not (_installed("jax-cuda12-plugin") or _installed("jax-cuda13-plugin")):
+        if not self.has_cuda_plugin():
             causes.append("jaxlib has no CUDA plugin here (jax[cuda12] is not installed)")
         _, problem = nvidia_smi_gpus()
         return causes + ([problem] if problem else [])
@@ -409,6 +552,17 @@ class _Torch:
             torch.cuda.set_per_process_memory_fraction(fraction, index)
         return self.gpus_seen() > 0
 
+    def enable_determinism(self) -> None:
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+
+    def enable_compilation_cache(self, directory: Path) -> bool:
+        return False  # Keras runs torch eagerly: nothing compiled to keep
+
+    def compilation_cache(self) -> str | None:
+        return None
+
     def no_gpu_causes(self, visible: list[str]) -> list[str]:
         import torch
 
@@ -430,6 +584,14 @@ def _keras_backend() -> str:
     import keras
 
     return keras.config.backend()
+
+
+def _jax_started() -> bool:
+    """Whether JAX has started its backends (after which it reads no XLA_FLAGS)."""
+    from jax._src import xla_bridge
+
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started()) if started is not None else False
 
 
 def _policy_name() -> str:

@@ -4,7 +4,7 @@ A run id names the run's folder (harness.runfolder.run_dir), so it is checked be
 made. Starting a run whose folder exists resumes it, and its saved config.json wins: an explicitly
 given value that differs from the saved one is a ConfigError naming the key, except for the
 RESUME_OVERRIDABLE keys (they change how long a run trains or where it reads from, not what it
-computes: `epochs` extends a run).
+computes: `epochs` extends a run; `allow_cpu` lets a run saved on a GPU machine go on where it has none).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from harness.config import Config
 from harness.errors import ConfigError
 
 # Keys a resume may change: they do not change what the run computes, only how long or where from.
-RESUME_OVERRIDABLE = ("epochs", "workers", "data_dir", "cache_dir")
+RESUME_OVERRIDABLE = ("epochs", "workers", "data_dir", "cache_dir", "allow_cpu")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 

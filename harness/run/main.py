@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Config keys are given as --key=value, e.g. `--data-dir=data --image-size=64x96` (snake_case, as
     W&B's ${args} writes it, is accepted too). Exit code: 0 finished (or already finished,
-    or stopped by the W&B agent), 2 bad config/arguments, 128 + signal when preempted by a signal after
+    or stopped by the W&B agent), 2 bad config/arguments (also: CUDA_VISIBLE_DEVICES names a GPU the
+    framework cannot see, without --allow-cpu; docs/gpu.md), 128 + signal when preempted by a signal after
     saving a checkpoint, 75 when another live process holds the run folder's lease (nothing was touched;
     see harness/run/lease.py), 1 failed (also: a damaged checkpoint, named in the message with how to
     recover; `--restart` trains the run again from epoch 0).

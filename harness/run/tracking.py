@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 TB_DIR = "tb"
+# The one key of the device record (harness.run.device.describe) in the W&B config and the HParams.
+DEVICE_KEY = "device"
 
 
 def wandb_mode() -> str | None:
@@ -170,6 +172,12 @@ def _wait_for_a_later_second(log_dir: Path) -> None:
     seconds = [int(stamp) for stamp in stamps if stamp.isdigit()]
     while seconds and int(time.time()) <= max(seconds):
         time.sleep(0.05)
+
+
+def flat_values(prefix: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"backend": "tensorflow"}` -> `{"device.backend": "tensorflow"}`: TensorBoard's HParams take one
+    level of scalars (lists and None become text there, `_hparam_value`)."""
+    return {f"{prefix}.{key}": value for key, value in values.items()}
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:

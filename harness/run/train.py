@@ -9,6 +9,12 @@ docs/architecture.md and docs/training.md). Starting a run whose folder exists r
   in force, the best score and the early-stopping / LR-on-plateau counters from its state.json;
 - metrics.jsonl is cut back to the checkpoint's epoch, so every epoch appears exactly once.
 
+The device comes first (harness.run.device): a run handed a GPU (CUDA_VISIBLE_DEVICES) that its
+framework cannot see exits 2 before anything is written to its folder, unless `allow_cpu`; then the
+launcher's GPU memory share is applied, before any GPU is touched. Once the model is compiled the
+attempt's device record (`summary.device`) goes into summary.json, the W&B config (`device`) and the
+TensorBoard HParams (`device.<key>`): docs/gpu.md.
+
 Exactly one process trains in a run folder: `train` first takes the folder's lease
 (harness/run/lease.py) and a second trainer exits at once with code 75, touching nothing. The lease
 is renewed while training and checked before every metrics row and checkpoint.
@@ -43,13 +49,13 @@ from typing import Any
 
 from harness import io, processes, runfolder
 from harness.config import Config
-from harness.errors import HarnessError
+from harness.errors import DeviceError, HarnessError
 from harness.run import callbacks as run_callbacks
 from harness.run import checkpoint as checkpoint_module
 from harness.run import identity
 from harness.run import lease as lease_module
 from harness.run import stopping, tracking
-from harness.run.summary import RunSummary, wandb_summary
+from harness.run.summary import RunSummary, device_line, wandb_summary
 
 
 def train(
@@ -104,6 +110,7 @@ class _Attempt:
     wandb_run: Any  # handed over by the caller, or None
     tracker: tracking.Tracker | None = None
     callback: Any = None  # the run callback (harness.run.callbacks), once made
+    memory_share_applied: float | None = None  # the GPU memory fraction device.apply_memory_share set
 
     def close(self, exit_code: int) -> None:
         """Close the tracking (TensorBoard and W&B), or just the caller's W&B run before there was any."""
@@ -121,10 +128,13 @@ def _train_owned(config: Config, run_dir: Path, run_id: str, sweep_id: str | Non
     if state is not None and not state.mid_epoch and (state.epoch >= config.epochs or state.stopped_early):
         return _report_finished(summary, state, wandb_run)
 
+    # Before anything is written to the folder (a resumed run stays as it was: resumable) and before any
+    # GPU is touched (the memory share can only be set on a GPU TensorFlow has not initialised).
+    memory_share_applied = _prepare_device(config, run_dir, wandb_run)
     io.atomic_write_json(run_dir / runfolder.CONFIG_FILE, {**config.to_dict(), "run_id": run_id, "sweep_id": sweep_id})
     summary.write("running", state, io.read_jsonl(run_dir / runfolder.METRICS_FILE))
     stop = stopping.stop_flag().install()
-    attempt = _Attempt(state, wandb_run)
+    attempt = _Attempt(state, wandb_run, memory_share_applied=memory_share_applied)
     try:
         return _fit(attempt, summary, stop, lease, verbose)
     except stopping.Preempted as stopped:
@@ -164,8 +174,11 @@ def _fit(attempt: _Attempt, summary: RunSummary, stop: processes.SignalFlag, lea
     datasets = dataset_module.make_datasets(config)  # first: missing data fails before TensorFlow loads
     from harness.run import losses
 
-    model = _compiled_model(config, len(datasets.train))
+    model = _compiled_model(config, len(datasets.train), summary.run_dir)
+    summary.device = _device_record(config, model, attempt.memory_share_applied)
+    print(f"run {summary.run_id}: {device_line(summary.device)}", flush=True)
     attempt.state, rows = _restore(summary, model, datasets.train)
+    summary.write("running", attempt.state, rows)  # the device at once: `harness status` shows it from the start
     attempt.tracker = _start_tracking(summary, attempt.state, attempt.wandb_run)
     controllers = run_callbacks.make_controllers(config, attempt.state)
     attempt.callback = run_callbacks.make_run_callback(summary, attempt.state, rows, attempt.tracker, stop,
@@ -192,18 +205,46 @@ def _fit(attempt: _Attempt, summary: RunSummary, stop: processes.SignalFlag, lea
     return result
 
 
-def _compiled_model(config: Config, steps_per_epoch: int) -> Any:
+def _prepare_device(config: Config, run_dir: Path, wandb_run: Any) -> float | None:
+    """device.check (DeviceError, exit 2: a GPU named that the framework cannot see, unless allow_cpu), the
+    backend's switches (determinism, JAX's compilation cache: XLA_FLAGS must be set before JAX starts, which
+    the memory share may do), then the launcher's GPU memory share; returns the fraction applied (None: none,
+    or no GPU)."""
+    from harness.run import device
+
+    try:
+        device.check(config)
+    except DeviceError as error:
+        if wandb_run is not None:  # the caller's W&B run (under a sweep) ends with the run's exit code
+            wandb_run.finish(exit_code=error.exit_code)
+        raise
+    device.prepare_backend(config, run_dir)
+    return device.apply_memory_share()
+
+
+def _device_record(config: Config, model: Any, memory_share_applied: float | None) -> dict[str, Any]:
+    """What this attempt trains on (device.describe, after compile: XLA's resolved switch), plus whether it
+    fell back to the CPU although handed a GPU (allow_cpu) and the memory share actually applied."""
+    from harness.run import device
+
+    record = device.describe(config, model=model)
+    record["allow_cpu"] = config.allow_cpu
+    record["cpu_fallback"] = record["device"] == "CPU" and bool(record["visible_gpus"])
+    record["memory_share_applied"] = memory_share_applied
+    return record
+
+
+def _compiled_model(config: Config, steps_per_epoch: int, run_dir: Path | None = None) -> Any:
     """The model of `config`, seeded and compiled (the LR schedule, if any, spans epochs * steps_per_epoch)."""
     import keras
 
     from harness.model import build_model
     from harness.run import device, losses, optim
 
+    # Before the first op: op determinism, JAX's compilation cache (shared by the runs under run_dir's root);
+    # a run did it already in _prepare_device (it is idempotent), other callers (benchmarks) get it here.
+    device.prepare_backend(config, run_dir)
     keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
     device.apply_precision(config)  # before the model is built: a layer takes the policy in force when made
     model = build_model(config)
     # Losses and metrics follow presence_head; jit_compile and steps_per_execution are the config's.
@@ -236,14 +277,19 @@ def _start_tracking(summary: RunSummary, state: checkpoint_module.TrainState, wa
     """TensorBoard, and W&B (the caller's run, or one started here)."""
     config, run_id, sweep_id = summary.config, summary.run_id, summary.sweep_id
     hparams = {key: value for key, value in config.to_dict().items() if key not in ("data_dir", "cache_dir")}
+    # HParams take scalars only: the device record as device.<key> columns.
+    hparams.update(tracking.flat_values(tracking.DEVICE_KEY, summary.device or {}))
+    if wandb_run is None:
+        wandb_run = tracking.start_wandb({**config.to_dict(), "run_id": run_id, "sweep_id": sweep_id}, summary.run_dir,
+                                         run_id, config.wandb_project, config.wandb_entity)
+    if wandb_run is not None and summary.device is not None:
+        # One nested `device` entry (W&B shows device.backend, ...); a resumed run may be on another device.
+        tracking.record_config(wandb_run, {tracking.DEVICE_KEY: summary.device})
     return tracking.Tracker(
         # The HParams trial is "<sweep>/<run_id>": unique across sweeps shown in one TensorBoard.
         tracking.TensorBoardLog(summary.run_dir, hparams, f"{sweep_id or runfolder.SINGLE}/{run_id}",
                                 resume_epoch=state.epoch),
-        wandb_run if wandb_run is not None else tracking.start_wandb(
-            {**config.to_dict(), "run_id": run_id, "sweep_id": sweep_id}, summary.run_dir, run_id,
-            config.wandb_project, config.wandb_entity,
-        ),
+        wandb_run,
     )
 
 

@@ -1,6 +1,12 @@
 """`harness status`: a sweep's runs as a table, best first, with counts per state, what the sweep cost
 (GPU-hours of its ended attempts, useful vs lost, the best metric against the GPU-hours spent) and its
-quarantined places (nodes, GPUs)."""
+quarantined places (nodes, GPUs).
+
+The `device` column is what each run trained on (harness.run.summary.device_label of its summary's
+`device` record: "cpu", "gpu:H100 80GB HBM3 bf16", ...). An ended run's summary is the store's copy
+of its summary.json; only an active run's is read from its folder (at most one file per agent: the
+store holds a run's summary once it has ended), so the table costs no file reads per ended run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import math
 import time
 from typing import Any
 
+from harness import runfolder
+from harness.run.summary import device_label
 from harness.sweep import attempts as attempt_costs
 from harness.sweep.spec import swept_keys
 from harness.sweep.states import ACTIVE_STATES, RUN_STATES
@@ -68,8 +76,8 @@ def status_text(store: Store, sweep_id: str, now: float | None = None, limit: in
         *quarantine_lines(store, sweep.id),
     ]
     shown = runs if limit is None else runs[:limit]
-    columns = ["#", "run", "state", metric, "epoch", *keys, "gpu", "host", "beat", "try"]
-    rows = [[_cell(value) for value in _row(run, keys, now)] for run in shown]
+    columns = ["#", "run", "state", metric, "epoch", *keys, "gpu", "device", "host", "beat", "try"]
+    rows = [[_cell(value) for value in _row(run, keys, now, run_device(store, run))] for run in shown]
     table = format_table(rows, header=columns) if rows else ""
     lines = header + ([""] + [table] if table else [])
     if limit is not None and len(runs) > limit:
@@ -127,12 +135,21 @@ def is_settled(store: Store, sweep_id: str) -> bool:
     return sweep.state in ("finished", "stopped") and not any(counts[state] for state in ACTIVE_STATES)
 
 
-def _row(run: Run, keys: list[str], now: float) -> list[Any]:
+def run_device(store: Store, run: Run) -> str:
+    """The run's device in short ("" before it recorded one): from the store's summary of an ended run,
+    from the folder's summary.json while it is active (the store's copy is that of its previous attempt)."""
+    summary = run.summary
+    if run.state in ACTIVE_STATES:
+        summary = runfolder.read_summary(runfolder.run_dir(store.root, run.sweep_id, run.id)) or {}
+    return device_label(summary.get("device"))
+
+
+def _row(run: Run, keys: list[str], now: float, device: str = "") -> list[Any]:
     epochs = run.summary.get("epochs") or run.config.get("epochs")
     epoch = f"{run.epochs_completed}/{epochs}" if epochs else str(run.epochs_completed)
     beat = _age(now - run.heartbeat) if run.heartbeat and run.state in ACTIVE_STATES else ""
     return [run.seq, run.id, run.state, run.best_metric, epoch, *(run.config.get(key, "") for key in keys),
-            run.gpu or "", run.host or "", beat, run.attempts]
+            run.gpu or "", device, run.host or "", beat, run.attempts]
 
 
 def _age(seconds: float) -> str:

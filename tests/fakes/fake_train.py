@@ -21,7 +21,7 @@ The run folder `<root>/<sweep_id or single>/<run_id>/`:
   start resumes after the last completed epoch, and an already finished run exits 0 at once;
 - for the tests: `starts.jsonl` (one line per process start: time of its first instruction, pid, the
   epoch it starts at, host, CUDA_VISIBLE_DEVICES, SLURM job id and restart count), `fake_argv.json`
-  and `fake_env.json` (what it was given).
+  and `fake_env.json` (what it was given: the run's variables, and a GPU memory share when it has one).
 
 The metric, val_dice_coef, rises with the epoch towards a quality: an explicit `quality=Q` is reached
 at the last epoch (Q * epoch / epochs: the launcher tests rank runs by it); otherwise the quality is a
@@ -57,6 +57,8 @@ FAIL_EXIT_CODE = 3
 BAD_PLACE_EXIT_CODE = 1
 ENVIRONMENT_RECORDED = ("WANDB_RUN_ID", "WANDB_RUN_GROUP", "HARNESS_SWEEP_ID", "HARNESS_ROOT", "WANDB_MODE",
                         "CUDA_VISIBLE_DEVICES", "WANDB_SWEEP_ID", "WANDB_SERVICE")
+# Recorded only when set: a GPU memory share from the launcher (--agents-per-gpu N > 1; harness.run.device).
+ENVIRONMENT_RECORDED_IF_SET = ("HARNESS_GPU_MEMORY_FRACTION", "TF_FORCE_GPU_ALLOW_GROWTH")
 received: list[int] = []
 
 
@@ -138,7 +140,9 @@ def record_start(folder: Path, argv: list[str], state: dict) -> None:
         }) + "\n")
     write_json(folder / "fake_argv.json", argv)
     write_json(folder / "fake_env.json",
-               {**{name: os.environ.get(name) for name in ENVIRONMENT_RECORDED}, "cwd": os.getcwd()})
+               {**{name: os.environ.get(name) for name in ENVIRONMENT_RECORDED},
+                **{name: os.environ[name] for name in ENVIRONMENT_RECORDED_IF_SET if name in os.environ},
+                "cwd": os.getcwd()})
 
 
 def bad_place() -> str | None:

@@ -225,7 +225,8 @@ def real_trainer_spec(tiny_config: Any) -> dict[str, Any]:
     2 steps (plus 1 validation step), so a test can interrupt it at a known batch."""
     fixed = {key: tiny_config.to_dict()[key] for key in ("data_dir", "cache_dir", "image_size", "batch_size",
                                                          "filters", "depth", "workers", "augment")}
-    fixed.update({"epochs": 3, "steps_per_epoch": 2, "validation_steps": 1})
+    # allow_cpu: SLURM hands the job one of its fake GPUs; without it the trainer exits 2 (no GPU here).
+    fixed.update({"epochs": 3, "steps_per_epoch": 2, "validation_steps": 1, "allow_cpu": True})
     return {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
             "parameters": {"learning_rate": {"values": [0.001]}, **{key: {"value": value} for key, value in fixed.items()}},
             "command": ["${env}", "${interpreter}", "-m", "harness.train", "${args}"]}

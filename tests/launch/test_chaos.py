@@ -289,7 +289,9 @@ def check_outcome(chaos: Chaos, monitor: Monitor, started: float) -> dict[str, A
 
 
 def _grid_sweep(root: Path, synth_dir: Path, prepared_cache: Path) -> str:
-    fixed = tiny_overrides(synth_dir, prepared_cache, epochs=EPOCHS, steps_per_epoch=2, validation_steps=1)
+    # allow_cpu: on SLURM each job gets a fake GPU; without it the trainer exits 2 (no GPU here).
+    fixed = tiny_overrides(synth_dir, prepared_cache, epochs=EPOCHS, steps_per_epoch=2, validation_steps=1,
+                           allow_cpu=True)
     spec = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
             "parameters": {"learning_rate": {"values": LEARNING_RATES}, "seed": {"values": SEEDS},
                            **{key: {"value": value} for key, value in fixed.items()}},

@@ -76,6 +76,7 @@ def local_sweep(root: Path, workdir: Path, synth_dir: Path, cache: Path, rates: 
                 steps_per_epoch: int = 2) -> str:
     fixed = tiny_overrides(synth_dir, cache, epochs=epochs, steps_per_epoch=steps_per_epoch)
     fixed["validation_steps"] = 1
+    fixed["allow_cpu"] = True  # SLURM hands the runs its fake GPUs: train on the CPU (else exit 2)
     spec = {"method": "grid", "metric": {"name": "val_dice_coef", "goal": "maximize"},
             "parameters": {"learning_rate": {"values": rates}, **{key: {"value": value} for key, value in fixed.items()}},
             "command": TRAIN_COMMAND}
@@ -119,6 +120,7 @@ def assert_one_wandb_run_per_run(backend: FakeWandbBackend, root: Path, sweep_id
         assert run.received_steps() == list(range(1, epochs + 1)), (run_id, run.received_steps())
         assert run.steps() == list(range(1, epochs + 1))
         assert run.group == sweep_id and run.config["sweep_id"] == sweep_id
+        assert run.config["device"]["device"] == "CPU" and run.config["device"]["backend"] == "tensorflow"
         assert run.complete and run.exitcode == 0
     assert backend.errors == [] and backend.unknown_operations == []
 

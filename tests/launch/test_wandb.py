@@ -48,6 +48,8 @@ def sweep_file(tmp_path: Path, synth_dir: Path, cache: Path, name: str = "sweep.
     """
     fixed = tiny_overrides(synth_dir, cache, epochs=epochs, steps_per_epoch=steps_per_epoch)
     fixed["image_size"] = [64, 96]
+    # The agents hand their runs GPU ids this machine does not have: train on the CPU (else exit 2).
+    fixed["allow_cpu"] = True
     parameters: dict[str, Any] = {key: {"value": value} for key, value in fixed.items()}
     parameters["validation_steps"] = {"value": None}
     for key, choices in (values or {"learning_rate": [0.01]}).items():
@@ -160,6 +162,12 @@ def test_two_gpu_agents_run_the_sweep_with_the_launchers_python_each_on_its_gpu(
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert [row["val_dice_coef"] for row in rows] == pytest.approx(run.metric_history("val_dice_coef"))
     assert sorted(run.config["cuda_visible_devices"] for run in runs) == ["0", "1"]
+    # The device each run trained on reached W&B's config (one `device` entry), as summary.json says it.
+    for run in runs:
+        device = read_json(root / sweep_id / run.id / "summary.json")["device"]
+        assert run.config["device"] == device
+        assert (device["device"], device["cpu_fallback"]) == ("CPU", True)
+        assert device["visible_gpus"] == [run.config["cuda_visible_devices"]]
     assert "was locked by 'sweep'" not in logs and "Ignoring project" not in logs and "git root" not in logs
 
 

@@ -149,8 +149,8 @@ def test_status_table_is_sorted_by_the_metric_with_counts(tmp_path: Path):
     assert "runs: 2 running, 1 finished, 1 failed" in text
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("#"))
-    assert header.split() == ["#", "run", "state", "val_dice_coef", "epoch", "learning_rate", "gpu", "host",
-                              "beat", "try"]
+    assert header.split() == ["#", "run", "state", "val_dice_coef", "epoch", "learning_rate", "gpu", "device",
+                              "host", "beat", "try"]
     order = [line.split()[1] for line in lines[lines.index(header) + 1:]]
     assert order == [ids["0.9"], ids["0.5"], ids["0.2"], ids["None"]]  # best first, no metric last
     row = next(line for line in lines if ids["0.2"] in line).split()
