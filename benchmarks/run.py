@@ -23,6 +23,7 @@ MODULES = (
     "benchmarks.device_augment",
     "benchmarks.train_step",
     "benchmarks.backends",
+    "benchmarks.pipeline",
     "benchmarks.controller",
     "benchmarks.scale",
     "benchmarks.utilisation",
