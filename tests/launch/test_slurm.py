@@ -390,7 +390,9 @@ def test_real_trainer_is_requeued_and_resumes_at_its_epoch(tmp_path, slurm_clust
 @pytest.mark.slow
 def test_hyperband_losers_are_cancelled_and_recorded_stopped(tmp_path, slurm_cluster):
     root = tmp_path / "runs"
-    spec = fake_sweep_spec([0.9, 0.8, 0.1, 0.2], epochs=6, epoch_s=1.0)
+    # 10 one-second epochs: the controller's loop (a poll every 2 s, sacct for the accounting) must see a
+    # loser's early epochs while it still runs; with 6 a slow loop could find every run finished first.
+    spec = fake_sweep_spec([0.9, 0.8, 0.1, 0.2], epochs=10, epoch_s=1.0)
     spec["early_terminate"] = {"type": "hyperband", "min_iter": 1, "eta": 2}
     sweep_id = create_sweep(root, spec)
     log = tmp_path / "launch.log"
@@ -398,9 +400,9 @@ def test_hyperband_losers_are_cancelled_and_recorded_stopped(tmp_path, slurm_clu
     assert process.wait(timeout=180) == 0, log.read_text()
     with Store(root) as store:
         runs = {run.config["quality"]: run for run in store.runs(sweep_id)}
-    assert runs[0.9].state == "finished" and len(runs[0.9].metric_values) == 6
+    assert runs[0.9].state == "finished" and len(runs[0.9].metric_values) == 10
     loser = runs[0.1]
-    assert loser.state == "stopped" and 1 <= len(loser.metric_values) < 6
+    assert loser.state == "stopped" and 1 <= len(loser.metric_values) < 10
     (row,) = _sacct([loser.job_id])
     assert row["state"].startswith("CANCELLED")
     # The cancelled run saved on SIGTERM: its summary says so, and its checkpoint holds its last epoch.
