@@ -12,33 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from harness import config as config_module
-from harness import runfolder
 from harness.run import train
 from tests.conftest import tiny_overrides
+from tests.run.test_exact_resume import sigterm_when_paused
 
 PAUSE_AT = "1:2"  # after epoch 1's second training batch
-
-
-def _sigterm_when_paused(run_dir: Path) -> threading.Thread:
-    """SIGTERM this process once the run holds still at PAUSE_AT (as tests/run/test_exact_resume.py does)."""
-    marker = run_dir / runfolder.PAUSED_FILE
-
-    def watch() -> None:
-        deadline = time.monotonic() + 300
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def _timed(result: dict, name: str, action):
@@ -53,7 +36,7 @@ def _train_and_resume(config: config_module.Config, runs: Path, result: dict) ->
     straight = _timed(result, "straight", lambda: train.train(config, runs / "straight", "straight", verbose=0))
     result["straight"] = {"status": straight["status"], "device": straight.get("device")}
     os.environ["HARNESS_PAUSE_AT"] = PAUSE_AT
-    watcher = _sigterm_when_paused(runs / "interrupted")
+    watcher = sigterm_when_paused(runs / "interrupted")
     stopped = _timed(result, "interrupted", lambda: train.train(config, runs / "interrupted", "interrupted", verbose=0))
     watcher.join(timeout=30)
     os.environ.pop("HARNESS_PAUSE_AT")

@@ -37,6 +37,12 @@ def _config(synth_dir: Path, prepared_cache: Path) -> config_module.Config:
 def _interrupt_at(run_dir: Path, point: str, monkeypatch: pytest.MonkeyPatch) -> threading.Thread:
     """SIGTERM this process once the run is paused at `point` (HARNESS_PAUSE_AT syntax)."""
     monkeypatch.setenv("HARNESS_PAUSE_AT", point)
+    return sigterm_when_paused(run_dir)
+
+
+def sigterm_when_paused(run_dir: Path) -> threading.Thread:
+    """SIGTERM this process once the run in `run_dir` holds still at $HARNESS_PAUSE_AT (its PAUSED_FILE);
+    also used by tests/backends/jax_program.py, a child process without pytest's monkeypatch."""
     marker = run_dir / runfolder.PAUSED_FILE
 
     def watch() -> None:
